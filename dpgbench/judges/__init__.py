@@ -1,0 +1,34 @@
+"""Judges turn (image, questions) into raw answers; deciding what counts as "yes" is scoring's job.
+
+Each judge family lives in its own module, imported only when its name is used. A judge class has a
+`Config` dataclass (its `--judge-arg` options) and implements `Judge`; batching is the judge's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from dpgbench.registry import Entry
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+class Judge(Protocol):
+    def ask(self, image: Image.Image, questions: Sequence[str]) -> list[str]:
+        """Raw answer text for each question about one image, in order."""
+        ...
+
+    def info(self) -> dict[str, Any]:
+        """Model ids, revisions, dtype, prompt format: written into the eval manifest."""
+        ...
+
+
+# A judge may also offer `ask_batch(images, questions_per_image) -> list[list[str]]` to answer several
+# images in one forward pass; evaluate.py uses it when present and falls back to `ask` otherwise.
+
+
+JUDGES: dict[str, Entry] = {
+    "dummy": Entry("dpgbench.judges.dummy:DummyJudge", "", "deterministic pseudo-answers (no model), for demos and tests"),
+}
