@@ -1,0 +1,57 @@
+"""Shared pytest fixtures. Each section names its owner; add yours as a new section.
+
+Fixtures that build models import torch lazily, so tests of the torch-free core never pay for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# --------------------------------------------------------------------------------------------------
+# Tiny real models (owner: generation backends, issue 3). Built once per session, a few MB each, from
+# the builders in tests/tiny.py; pass the folder wherever a hub id or local checkpoint is accepted.
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import tiny
+
+    return tiny.clip_tokenizer(tmp_path_factory.mktemp("clip_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """T5 tokenizer + T5EncoderModel (d_model 32) in one folder."""
+    import tiny
+
+    return tiny.save_tiny_t5(tmp_path_factory.mktemp("t5"), d_model=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import tiny
+
+    return tiny.save_tiny_sd15(tmp_path_factory.mktemp("sd15"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd21_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import tiny
+
+    return tiny.save_tiny_sd21(tmp_path_factory.mktemp("sd21"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import tiny
+
+    return tiny.save_tiny_sdxl(tmp_path_factory.mktemp("sdxl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_pixart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import tiny
+
+    return tiny.save_tiny_pixart(tmp_path_factory.mktemp("pixart"))
