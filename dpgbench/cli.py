@@ -1,0 +1,484 @@
+"""The `dpgbench` command: thin Typer commands over the library; the only module that talks to the terminal.
+
+Errors are one line with the fix and exit code 1 (`DPGBENCH_DEBUG=1` shows the traceback). Long jobs show a
+rich progress bar with rate and ETA; rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from dpgbench import __version__, catalog, registry
+from dpgbench.answers import read_answer_table, write_score_tables
+from dpgbench.backends import BACKENDS
+from dpgbench.data import GraphSet, save_graphs
+from dpgbench.errors import DpgBenchError
+from dpgbench.evaluate import EvaluateConfig, EvaluateSummary, evaluate, write_eval_manifest
+from dpgbench.generate import GenerateConfig, GenerateSummary, generate, select_prompts, write_manifest
+from dpgbench.graphcheck import check_graphs
+from dpgbench.judges import JUDGES
+from dpgbench.runs import RunPaths, check_manifest, distributed_rank, parse_shard, read_json, write_json
+from dpgbench.scoring import PROTOCOLS, ProtocolResult, answer_stats, score
+
+app = typer.Typer(
+    help="Reproducible DPG-Bench evaluation of text-to-image models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Benchmark files: fetch, list, convert.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+# ------------------------------------------------------------------------------------------- terminal
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, with the unit of the task (images/s, questions/s)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        unit = task.fields.get("unit", "it")
+        return Text(f"{speed:.2f} {unit}/s" if speed else f"- {unit}/s", style="progress.data.speed")
+
+
+@contextmanager
+def progress_bar(description: str, total: int, unit: str) -> Iterator[Callable[[int], None]]:
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        task = progress.add_task(description, total=total, unit=unit)
+        yield lambda n: progress.advance(task, n)
+
+
+def fmt(value: float) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+
+
+def print_scores(results: dict[str, ProtocolResult]) -> None:
+    order = [p for p in PROTOCOLS if p in results]
+    overall = Table(title="DPG-Bench score (percent)")
+    overall.add_column("protocol")
+    overall.add_column("overall", justify="right")
+    overall.add_column("prompts", justify="right")
+    overall.add_column("not counted", justify="right")
+    for name in order:
+        r = results[name]
+        overall.add_row(name, fmt(r.overall), str(r.n), str(len(r.excluded)))
+    console.print(overall)
+    for level in ("l1", "l2"):
+        table = Table(title=f"{level.upper()} categories (percent, n = question-image pairs)")
+        table.add_column("category")
+        for name in order:
+            table.add_column(name, justify="right")
+        categories = sorted({c for name in order for c in getattr(results[name], level)})
+        for category in categories:
+            cells = []
+            for name in order:
+                c = getattr(results[name], level).get(category)
+                cells.append(f"{c.score:.2f} ({c.n})" if c else "-")
+            table.add_row(category, *cells)
+        console.print(table)
+    for name in order:
+        r = results[name]
+        if r.excluded:
+            reasons: dict[str, int] = {}
+            for why in r.excluded.values():
+                reasons[why] = reasons.get(why, 0) + 1
+            listed = "; ".join(f"{n} x {why}" for why, n in sorted(reasons.items()))
+            console.print(f"[yellow]{name}[/]: {len(r.excluded)} prompt(s) not counted: {listed}")
+        if r.missing_images:
+            console.print(f"[yellow]{name}[/]: {len(r.missing_images)} missing image(s) scored 0")
+
+
+def warn_notes(notes: Sequence[Any], what: str, show: int = 3) -> None:
+    if not notes:
+        return
+    err_console.print(f"[yellow]warning[/]: {len(notes)} {what}; first: {notes[0]}")
+    for note in notes[1:show]:
+        err_console.print(f"         {note}")
+
+
+def load_prompts(spec: str) -> GraphSet:
+    graphs = catalog.resolve(spec)
+    warn_notes(graphs.notes, f"thing(s) ignored while loading {graphs.path} (see `dpgbench lint`)")
+    return graphs
+
+
+# -------------------------------------------------------------------------------------------- commands
+
+
+Pairs = Annotated[list[str] | None, typer.Option(help="key=value, repeatable")]
+
+
+@app.command("generate")
+def generate_cmd(
+    backend: Annotated[str | None, typer.Option(help="backend name (`dpgbench ls backends`)")] = None,
+    prompts: Annotated[
+        str, typer.Option(help="benchmark name or path (.csv, .jsonl, folder of .txt)")
+    ] = "dpg-bench",
+    out: Annotated[Path | None, typer.Option(help="run folder (default results/<backend>)")] = None,
+    backend_arg: Pairs = None,
+    seed: Annotated[int, typer.Option(help="base seed; image seeds derive from (seed, item_id, index)")] = 0,
+    images_per_prompt: Annotated[int, typer.Option(help="images per prompt (DPG-Bench uses 4)")] = 4,
+    limit: Annotated[int | None, typer.Option(help="only the first N prompts")] = None,
+    shard: Annotated[str | None, typer.Option(help="i/n: this job's share, for job arrays")] = None,
+    from_manifest: Annotated[
+        Path | None, typer.Option("--from", help="replay the settings of a run's manifest.json")
+    ] = None,
+    retry_failed: Annotated[bool, typer.Option(help="retry images that failed in an earlier pass")] = True,
+) -> None:
+    """Make images for every prompt (4 per prompt), resumable and reproducible."""
+    if from_manifest is not None:
+        config = GenerateConfig(**read_json(from_manifest)["config"])
+        out = out or from_manifest.parent
+    else:
+        if backend is None:
+            raise DpgBenchError(
+                "--backend is required (see `dpgbench ls backends`), or replay a run with --from"
+            )
+        args = registry.parse_pairs(backend_arg or [], "--backend-arg")
+        config = GenerateConfig(backend, args, prompts, images_per_prompt, seed, limit, retry_failed)
+    out = out or Path("results") / config.backend
+    summary = run_generate(config, out, shard)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def run_generate(config: GenerateConfig, out: Path, shard_text: str | None) -> GenerateSummary:
+    graphs = load_prompts(config.prompts)
+    shard = combined_shard(shard_text)
+    chosen = select_prompts(graphs.prompts, config.limit, (0, 1))
+    mine = select_prompts(graphs.prompts, config.limit, shard)
+    paths = RunPaths(out)
+    # Refuse a folder made differently before loading a model for minutes.
+    check_manifest(paths.manifest, config.identity(graphs.sha256), "run")
+    backend = registry.create(BACKENDS, config.backend, "backend", config.backend_args)
+    write_manifest(paths, config, graphs.sha256, [p.item_id for p in chosen], backend.info())
+    total = len(mine) * config.images_per_prompt
+    with progress_bar(f"generate {config.backend}", total, "images") as advance:
+        summary = generate(paths, config, mine, backend, shard=shard, on_image=advance)
+    console.print(
+        f"{out}: {summary.done} image(s) made, {summary.skipped} already done, {len(summary.failed)} failed "
+        f"in {summary.seconds:.1f} s"
+        + (
+            f"; {summary.retried_one_by_one} prompt(s) retried image by image after OOM"
+            if summary.retried_one_by_one
+            else ""
+        )
+    )
+    for failure in summary.failed[:10]:
+        err_console.print(f"[red]failed[/] {failure.item_id}[{failure.index}]: {failure.reason}")
+    if len(summary.failed) > 10:
+        err_console.print(f"... and {len(summary.failed) - 10} more in {paths.images_log(*shard).name}")
+    return summary
+
+
+def combined_shard(shard_text: str | None) -> tuple[int, int]:
+    """Job-array shard (--shard i/n) times torchrun/accelerate ranks."""
+    index, count = parse_shard(shard_text) if shard_text else (0, 1)
+    rank, world = distributed_rank()
+    return index * world + rank, count * world
+
+
+@app.command("score")
+def score_cmd(
+    run: Annotated[Path | None, typer.Argument(help="run folder made by `dpgbench generate`")] = None,
+    judge: Annotated[str, typer.Option(help="judge name (`dpgbench ls judges`)")] = "mplug-large",
+    judge_arg: Pairs = None,
+    questions: Annotated[
+        str | None, typer.Option(help="question graphs: benchmark name or path (default: the run's prompts)")
+    ] = None,
+    answers: Annotated[
+        Path | None, typer.Option(help="score an answer table made elsewhere (with --out)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder for --answers")] = None,
+    where: Pairs = None,
+    images_per_call: Annotated[int, typer.Option(help="images per judge call (judges that batch)")] = 1,
+    shard: Annotated[str | None, typer.Option(help="i/n: this job's share, for job arrays")] = None,
+) -> None:
+    """Ask a judge about every image of a run (cached, resumable) and score it under all protocols."""
+    if answers is not None:
+        score_answer_table(questions, answers, out, registry.parse_pairs(where or [], "--where"))
+        return
+    if run is None:
+        raise DpgBenchError(
+            "give a run folder (`dpgbench score results/NAME`) or --questions Q.csv --answers A.csv --out DIR"
+        )
+    paths = RunPaths(run)
+    if not paths.manifest.exists():
+        raise DpgBenchError(f"{run}: no manifest.json here; run `dpgbench generate --out {run}` first")
+    manifest = read_json(paths.manifest)
+    spec = questions or manifest["config"]["prompts"]
+    graphs = load_prompts(spec)
+    if not graphs.has_questions:
+        raise DpgBenchError(
+            f"{spec} has prompts but no questions; pass --questions dpg-bench (or a question CSV)"
+        )
+    config = EvaluateConfig(
+        judge, registry.parse_pairs(judge_arg or [], "--judge-arg"), spec, images_per_call
+    )
+    n_images = int(manifest["config"].get("images_per_prompt", 4))
+    shard_pair = combined_shard(shard)
+    plan = evaluate(paths, config, graphs, None, shard=shard_pair, n_images=n_images, plan_only=True)
+    judge_obj = None
+    if plan.asked:
+        from dpgbench.runs import check_manifest
+
+        check_manifest(paths.eval_dir(judge) / "manifest.json", config.identity(graphs.sha256), "evaluation")
+        judge_obj = registry.create(JUDGES, judge, "judge", config.judge_args)
+        write_eval_manifest(paths.eval_dir(judge), config, graphs, judge_obj.info())
+    with progress_bar(f"judge {judge}", plan.asked, "questions") as advance:
+        summary = evaluate(
+            paths, config, graphs, judge_obj, shard=shard_pair, n_images=n_images, on_questions=advance
+        )
+    report_evaluation(paths, judge, summary)
+
+
+def report_evaluation(paths: RunPaths, judge: str, summary: EvaluateSummary) -> None:
+    console.print(
+        f"{paths.eval_dir(judge)}: {summary.asked} question(s) asked, {summary.cached} from cache, "
+        f"{summary.images} image(s) judged in {summary.seconds:.1f} s"
+    )
+    for problem in summary.problems[:10]:
+        err_console.print(f"[yellow]image problem[/] {problem.file}: {problem.reason} (scored 0 in strict)")
+    if len(summary.problems) > 10:
+        err_console.print(f"... {len(summary.problems)} image problems in all, listed in summary.json")
+    if summary.not_in_questions:
+        warn_notes(summary.not_in_questions, "run prompt(s) have no questions in the question file")
+    if summary.stats.other:
+        warn_notes(summary.stats.examples, f"answer(s) are neither yes nor no ({summary.stats.other} in all)")
+    if not summary.complete:
+        console.print("[yellow]not all answers are in yet[/] (other shards still running?); rerun to finish")
+        return
+    print_scores(summary.results)
+    console.print(
+        f"tables: {paths.eval_dir(judge) / 'scores.csv'}, {paths.eval_dir(judge) / 'prompt_scores.csv'}"
+    )
+
+
+def score_answer_table(questions: str | None, answers: Path, out: Path | None, where: dict[str, str]) -> None:
+    if questions is None or out is None:
+        raise DpgBenchError(
+            "--answers needs --questions (the question graphs) and --out (a folder for the tables)"
+        )
+    graphs = load_prompts(questions)
+    table = read_answer_table(answers, graphs, where)
+    warn_notes(table.ignored, "answer row(s) ignored")
+    warn_notes(table.not_yes_no, "answer(s) are neither yes nor no")
+    results = score(graphs.prompts, table.answers, n_images=table.n_images)
+    stats = answer_stats(graphs.prompts, table.answers)
+    write_score_tables(out, results)
+    write_json(
+        out / "summary.json",
+        {
+            "answers": str(answers),
+            "questions": {"name": graphs.name, "path": graphs.path, "sha256": graphs.sha256},
+            "layout": table.layout,
+            "rows_used": table.rows - len(table.ignored),
+            "rows_ignored": len(table.ignored),
+            "not_yes_no": len(table.not_yes_no),
+            "unanswered": stats.unanswered,
+            "prompts_without_answers": sum(1 for p in graphs.prompts if p.item_id not in table.answers),
+        },
+    )
+    console.print(
+        f"{answers}: {table.rows - len(table.ignored)} answer(s) used, {len(table.ignored)} ignored, "
+        f"{stats.unanswered} question(s) of answered images without an answer"
+    )
+    print_scores(results)
+    console.print(f"tables: {out / 'scores.csv'}, {out / 'prompt_scores.csv'}")
+
+
+@app.command("lint")
+def lint_cmd(
+    files: Annotated[list[str], typer.Argument(help="question graph files (.csv/.jsonl) or benchmark names")],
+    show: Annotated[int, typer.Option(help="print at most this many findings per file")] = 50,
+    warnings: Annotated[bool, typer.Option(help="also print warnings")] = True,
+) -> None:
+    """Check question graphs: ids, parents, cycles, order, yes/no form, tuple mentions, empty fields."""
+    errors = 0
+    for spec in files:
+        graphs = catalog.resolve(spec)
+        findings = [f for f in check_graphs(graphs) if warnings or f.level == "error"]
+        n_errors = sum(f.level == "error" for f in findings)
+        errors += n_errors
+        for finding in findings[:show]:
+            style = "red" if finding.level == "error" else "yellow"
+            console.print(f"[{style}]{finding}[/]", highlight=False, soft_wrap=True)
+        if len(findings) > show:
+            console.print(f"... {len(findings) - show} more (use --show)")
+        counts: dict[str, int] = {}
+        for f in findings:
+            counts[f.code] = counts.get(f.code, 0) + 1
+        detail = ", ".join(f"{n} {code}" for code, n in sorted(counts.items()))
+        console.print(
+            f"{graphs.path}: {len(graphs.prompts)} prompts, {graphs.n_questions} questions: "
+            f"{n_errors} error(s), {len(findings) - n_errors} warning(s)" + (f" ({detail})" if detail else "")
+        )
+    if errors:
+        raise typer.Exit(1)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="benchmark name, e.g. dpg-bench")],
+    csv: Annotated[
+        Path | None, typer.Option(help="use a local copy instead of downloading (still verified)")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="download from this mirror instead (still verified)")
+    ] = None,
+) -> None:
+    """Download a benchmark's question file, pinned and verified, into the user cache."""
+    path = catalog.fetch(name, csv, url)
+    graphs = catalog.resolve(name)
+    console.print(f"{name}: {path} ({len(graphs.prompts)} prompts, {graphs.n_questions} questions), verified")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """Known benchmarks, and whether each is available locally."""
+    table = Table()
+    for column in ("name", "available", "path", "description"):
+        table.add_column(column)
+    for b in catalog.BENCHMARKS.values():
+        path = catalog.local_path(b)
+        table.add_row(
+            b.name, "yes" if path.exists() else "no (dpgbench data fetch)", str(path), b.description
+        )
+    console.print(table)
+
+
+@data_app.command("convert")
+def data_convert(
+    source: Annotated[str, typer.Argument(help="benchmark name or .csv/.jsonl path")],
+    target: Annotated[Path, typer.Argument(help="output .csv (DSG format) or .jsonl")],
+) -> None:
+    """Write question graphs in the other format (DSG-format CSV <-> our JSONL)."""
+    graphs = load_prompts(source)
+    save_graphs(graphs.prompts, target)
+    console.print(f"{target}: {len(graphs.prompts)} prompts, {graphs.n_questions} questions")
+
+
+@app.command("ls")
+def ls_cmd(
+    what: Annotated[str, typer.Argument(help="backends, judges, benchmarks or protocols")] = "backends",
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="show every option and its default")
+    ] = False,
+) -> None:
+    """List backends, judges, benchmarks or scoring protocols."""
+    if what in ("benchmarks", "data"):
+        data_list()
+        return
+    if what == "protocols":
+        for name, text in (
+            ("strict", "default: all rows, zeros cascade through the graph, missing images score 0"),
+            (
+                "official",
+                "bit-compatible with upstream compute_dpg_bench.py (quirks kept, see docs/protocols.md)",
+            ),
+            ("dsg", "DSG's rule: a question scores 0 if a parent's raw answer is not yes; no cascade"),
+        ):
+            console.print(f"[bold]{name}[/]: {text}")
+        return
+    tables = {"backends": (BACKENDS, "backend"), "judges": (JUDGES, "judge")}
+    if what not in tables:
+        raise DpgBenchError(f"unknown list '{what}'; use backends, judges, benchmarks or protocols")
+    table_map, kind = tables[what]
+    for name, entry in table_map.items():
+        extra = f" [dim](pip install 'dpgbench[{entry.extra}]')[/]" if entry.extra else ""
+        console.print(f"[bold]{name}[/]: {entry.summary}{extra}")
+        if verbose:
+            try:
+                cls = registry.load_class(table_map, name, kind)
+            except DpgBenchError as exc:
+                console.print(f"    [yellow]{exc}[/]")
+                continue
+            for option, type_name, default, help_text in registry.describe(cls.Config):  # type: ignore[attr-defined]
+                console.print(f"    {option} ({type_name}) = {default}  [dim]{help_text}[/]", highlight=False)
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option(help="run folder")] = Path("results/demo"),
+) -> None:
+    """Run the whole pipeline offline in seconds: dummy backend -> dummy judge -> tables."""
+    config = GenerateConfig("dummy", {}, "demo")
+    run_generate(config, out, None)
+    graphs = load_prompts("demo")
+    eval_config = EvaluateConfig("dummy", {}, "demo")
+    paths = RunPaths(out)
+    judge_obj = registry.create(JUDGES, "dummy", "judge", {})
+    write_eval_manifest(paths.eval_dir("dummy"), eval_config, graphs, judge_obj.info())
+    plan = evaluate(paths, eval_config, graphs, None, plan_only=True)
+    with progress_bar("judge dummy", plan.asked, "questions") as advance:
+        summary = evaluate(paths, eval_config, graphs, judge_obj, on_questions=advance)
+    report_evaluation(paths, "dummy", summary)
+
+
+@app.callback(invoke_without_command=True)
+def root(
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
+) -> None:
+    if version:
+        console.print(f"dpgbench {__version__}")
+        raise typer.Exit(0)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: one-line errors, exit code 1, traceback only with DPGBENCH_DEBUG=1."""
+    debug = os.environ.get("DPGBENCH_DEBUG", "") not in ("", "0")
+    try:
+        app(args=list(argv) if argv is not None else None, prog_name="dpgbench", standalone_mode=True)
+    except DpgBenchError as exc:
+        if debug:
+            traceback.print_exc()
+        err_console.print(f"[red]error[/]: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished work is saved; rerun the same command to resume")
+        sys.exit(130)
+    except Exception as exc:  # a bug: still one line, with how to get the details
+        if debug:
+            traceback.print_exc()
+        err_console.print(
+            f"[red]internal error[/]: {type(exc).__name__}: {exc} "
+            "(rerun with DPGBENCH_DEBUG=1 for the traceback and please report it)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)

@@ -1,0 +1,267 @@
+"""The judging loop: ask a judge about each image of a run, cache raw answers, then score.
+
+Answers are keyed by (image sha256, question text) inside `eval/<judge>/`, so a second pass asks nothing,
+a re-generated image is re-asked by itself, and re-scoring with another protocol needs no judge call.
+A judge is handed in (never imported here).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image, UnidentifiedImageError
+
+from dpgbench.answers import write_score_tables
+from dpgbench.data import GraphSet, Prompt
+from dpgbench.errors import DpgBenchError
+from dpgbench.generate import finished_images
+from dpgbench.runs import (
+    JsonlLog,
+    RunPaths,
+    check_manifest,
+    environment,
+    read_json,
+    read_logs,
+    sha256_bytes,
+    write_json,
+)
+from dpgbench.scoring import AnswerStats, ImageAnswers, ProtocolResult, answer_stats, score
+
+if TYPE_CHECKING:
+    from dpgbench.judges import Judge
+
+
+@dataclass
+class EvaluateConfig:
+    judge: str
+    judge_args: dict[str, str] = field(default_factory=dict)
+    questions: str = "dpg-bench"  # benchmark name or path, as the user gave it
+    images_per_call: int = 1  # images per judge call, for judges with ask_batch
+
+    def identity(self, questions_sha256: str) -> dict[str, Any]:
+        """What decides the answers: an eval folder made with a different identity is refused."""
+        return {
+            "judge": self.judge,
+            "judge_args": dict(sorted(self.judge_args.items())),
+            "questions_sha256": questions_sha256,
+        }
+
+
+@dataclass
+class ImageProblem:
+    item_id: str
+    index: int
+    file: str
+    reason: str
+
+
+@dataclass
+class EvaluateSummary:
+    asked: int = 0  # questions sent to the judge in this call
+    cached: int = 0  # questions answered from the cache
+    images: int = 0  # readable images judged or found in cache
+    problems: list[ImageProblem] = field(
+        default_factory=list
+    )  # missing/unreadable images (score 0 in strict)
+    not_in_questions: list[str] = field(default_factory=list)  # run prompts the question file lacks
+    complete: bool = False  # every readable image has all its answers (tables written)
+    results: dict[str, ProtocolResult] = field(default_factory=dict)
+    stats: AnswerStats = field(default_factory=AnswerStats)
+    seconds: float = 0.0
+
+
+@dataclass
+class _Job:
+    prompt: Prompt
+    index: int
+    path: Path
+    file: str  # relative to the run folder, for reports
+    sha256: str
+    questions: list[str]
+
+
+def run_prompts(paths: RunPaths, graphs: GraphSet) -> tuple[list[Prompt], list[str]]:
+    """The prompts of the question file that this run was made for, and run prompts it does not have."""
+    manifest = read_json(paths.manifest)
+    wanted = list(manifest.get("item_ids", []))
+    by_id = graphs.by_id()
+    return [by_id[i] for i in wanted if i in by_id], [i for i in wanted if i not in by_id]
+
+
+def load_image(path: Path, data: bytes | None = None) -> Image.Image:
+    """The image as RGB; raises ValueError with the reason if it cannot be read."""
+    try:
+        data = path.read_bytes() if data is None else data
+    except FileNotFoundError:
+        raise ValueError("file is missing") from None
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"unreadable image ({' '.join(str(exc).split())})") from None
+    return image.convert("RGB")
+
+
+def write_eval_manifest(
+    out: Path, config: EvaluateConfig, graphs: GraphSet, judge_info: dict[str, Any]
+) -> None:
+    identity = config.identity(graphs.sha256)
+    check_manifest(out / "manifest.json", identity, "evaluation")
+    write_json(
+        out / "manifest.json",
+        {
+            "kind": "dpgbench-eval",
+            "identity": identity,
+            "config": asdict(config),
+            "questions": {"name": graphs.name, "path": graphs.path, "sha256": graphs.sha256},
+            "judge": judge_info,
+            "environment": environment(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+
+
+def cached_answers(out: Path) -> dict[tuple[str, str], str]:
+    return {(r["image"], r["question"]): r["answer"] for r in read_logs(sorted(out.glob("answers*.jsonl")))}
+
+
+def evaluate(
+    paths: RunPaths,
+    config: EvaluateConfig,
+    graphs: GraphSet,
+    judge: Judge | None,
+    *,
+    shard: tuple[int, int] = (0, 1),
+    n_images: int = 4,
+    on_questions: Callable[[int], None] | None = None,
+    plan_only: bool = False,
+) -> EvaluateSummary:
+    """Answer every uncached question of this shard's images, then score if every answer is present.
+
+    With `plan_only` nothing is asked: `summary.asked` is the number of questions that would be.
+    """
+    start = time.perf_counter()
+    summary = EvaluateSummary()
+    out = paths.eval_dir(config.judge)
+    prompts, summary.not_in_questions = run_prompts(paths, graphs)
+    records = finished_images(paths)
+    cache = cached_answers(out)
+    slots: dict[str, list[ImageAnswers | None]] = {}
+    jobs: list[_Job] = []
+    # 1. Find each image, read it, split its questions into cached and to-ask.
+    for number, prompt in enumerate(prompts):
+        slots[prompt.item_id] = []
+        texts = list(dict.fromkeys(q.question for q in prompt.questions))
+        for index in range(n_images):
+            record = records.get((prompt.item_id, index))
+            file = (record or {}).get("file", f"(no image {index} for {prompt.item_id})")
+            if record is None or record["status"] != "ok":
+                reason = (
+                    "not generated" if record is None else f"generation failed: {record.get('error', '')}"
+                )
+                summary.problems.append(ImageProblem(prompt.item_id, index, file, reason))
+                slots[prompt.item_id].append(None)
+                continue
+            try:
+                sha = sha256_bytes((paths.root / file).read_bytes())
+            except OSError:
+                summary.problems.append(ImageProblem(prompt.item_id, index, file, "file is missing"))
+                slots[prompt.item_id].append(None)
+                continue
+            # The image is decoded only when the judge needs it (answers in cache: it was decoded then).
+            known = {t: cache[(sha, t)] for t in texts if (sha, t) in cache}
+            summary.cached += len(known)
+            slots[prompt.item_id].append(known)
+            missing = [t for t in texts if t not in known]
+            if missing and number % shard[1] == shard[0]:
+                jobs.append(_Job(prompt, index, paths.root / file, file, sha, missing))
+    # 2. Ask the judge, a few images per call when it can batch, logging answers as they come.
+    if plan_only or judge is None:
+        summary.asked = sum(len(j.questions) for j in jobs)
+    elif jobs:
+        _ask_all(out, shard, judge, jobs, slots, summary, config.images_per_call, on_questions)
+    summary.images = sum(1 for images in slots.values() for image in images if image is not None)
+    # 3. Score when nothing is missing (a sharded run: the last rank to finish writes the tables).
+    summary.stats = answer_stats(prompts, slots)
+    summary.complete = not plan_only and summary.stats.unanswered == 0
+    if summary.complete:
+        summary.results = score(prompts, slots, n_images=n_images)
+        write_score_tables(out, summary.results)
+        write_json(out / "summary.json", _summary_record(summary))
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _ask_all(
+    out: Path,
+    shard: tuple[int, int],
+    judge: Judge,
+    jobs: Sequence[_Job],
+    slots: dict[str, list[ImageAnswers | None]],
+    summary: EvaluateSummary,
+    images_per_call: int,
+    on_questions: Callable[[int], None] | None,
+) -> None:
+    name = "answers.jsonl" if shard[1] == 1 else f"answers.rank{shard[0]}.jsonl"
+    batch_fn = getattr(judge, "ask_batch", None)
+    step = max(1, images_per_call) if batch_fn else 1
+    with JsonlLog(out / name) as log:
+        for first in range(0, len(jobs), step):
+            group, images = [], []
+            for job in jobs[first : first + step]:
+                try:
+                    images.append(load_image(job.path))
+                    group.append(job)
+                except ValueError as exc:
+                    problem = ImageProblem(job.prompt.item_id, job.index, job.file, str(exc))
+                    summary.problems.append(problem)
+                    slots[job.prompt.item_id][job.index] = None
+                    if on_questions:
+                        on_questions(len(job.questions))
+            if batch_fn and len(group) > 1:
+                answers = batch_fn(images, [j.questions for j in group])
+            else:
+                answers = [judge.ask(image, j.questions) for image, j in zip(images, group)]
+            for job, got in zip(group, answers):
+                if len(got) != len(job.questions):
+                    raise DpgBenchError(
+                        f"judge '{out.name}' gave {len(got)} answers for {len(job.questions)} questions"
+                    )
+                log.append(
+                    {
+                        "image": job.sha256,
+                        "question": q,
+                        "answer": a,
+                        "item_id": job.prompt.item_id,
+                        "index": job.index,
+                    }
+                    for q, a in zip(job.questions, got)
+                )
+                known = slots[job.prompt.item_id][job.index]
+                slots[job.prompt.item_id][job.index] = {**(known or {}), **dict(zip(job.questions, got))}
+                summary.asked += len(job.questions)
+                if on_questions:
+                    on_questions(len(job.questions))
+
+
+def _summary_record(summary: EvaluateSummary) -> dict[str, Any]:
+    return {
+        "images_judged": summary.images,
+        "problems": [asdict(p) for p in summary.problems],
+        "not_in_questions": summary.not_in_questions,
+        "answers": asdict(summary.stats),
+        "protocols": {
+            name: {
+                "overall": r.overall,
+                "n": r.n,
+                "excluded": r.excluded,
+                "missing_images": [list(m) for m in r.missing_images],
+            }
+            for name, r in summary.results.items()
+        },
+    }
