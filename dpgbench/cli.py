@@ -6,29 +6,15 @@ rich progress bar with rate and ETA; rerunning the same command resumes.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
-from rich.text import Text
 
 from dpgbench import __version__, catalog, registry
 from dpgbench.answers import read_answer_table, write_score_tables
@@ -41,6 +27,7 @@ from dpgbench.graphcheck import check_graphs
 from dpgbench.judges import JUDGES
 from dpgbench.runs import RunPaths, check_manifest, distributed_rank, parse_shard, read_json, write_json
 from dpgbench.scoring import PROTOCOLS, ProtocolResult, answer_stats, score
+from dpgbench.terminal import console, err_console, fmt, progress_bar, warn_notes
 
 app = typer.Typer(
     help="Reproducible DPG-Bench evaluation of text-to-image models.",
@@ -50,41 +37,6 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Benchmark files: fetch, list, convert.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-
-console = Console()
-err_console = Console(stderr=True)
-
-
-# ------------------------------------------------------------------------------------------- terminal
-
-
-class RateColumn(ProgressColumn):
-    """Items per second, with the unit of the task (images/s, questions/s)."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        unit = task.fields.get("unit", "it")
-        return Text(f"{speed:.2f} {unit}/s" if speed else f"- {unit}/s", style="progress.data.speed")
-
-
-@contextmanager
-def progress_bar(description: str, total: int, unit: str) -> Iterator[Callable[[int], None]]:
-    columns = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, console=err_console, transient=False) as progress:
-        task = progress.add_task(description, total=total, unit=unit)
-        yield lambda n: progress.advance(task, n)
-
-
-def fmt(value: float) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
 
 
 def print_scores(results: dict[str, ProtocolResult]) -> None:
@@ -121,14 +73,6 @@ def print_scores(results: dict[str, ProtocolResult]) -> None:
             console.print(f"[yellow]{name}[/]: {len(r.excluded)} prompt(s) not counted: {listed}")
         if r.missing_images:
             console.print(f"[yellow]{name}[/]: {len(r.missing_images)} missing image(s) scored 0")
-
-
-def warn_notes(notes: Sequence[Any], what: str, show: int = 3) -> None:
-    if not notes:
-        return
-    err_console.print(f"[yellow]warning[/]: {len(notes)} {what}; first: {notes[0]}")
-    for note in notes[1:show]:
-        err_console.print(f"         {note}")
 
 
 def load_prompts(spec: str) -> GraphSet:
@@ -448,6 +392,21 @@ def demo_cmd(
     with progress_bar("judge dummy", plan.asked, "questions") as advance:
         summary = evaluate(paths, eval_config, graphs, judge_obj, on_questions=advance)
     report_evaluation(paths, "dummy", summary)
+
+
+# Commands owned by other areas live in `dpgbench/cli_<area>.py`, each with `register(app)`; they must stay
+# torch-free at import time. Add one line per module to this tuple.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _register_command_modules() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+
+
+_register_command_modules()
 
 
 @app.callback(invoke_without_command=True)
