@@ -182,3 +182,49 @@ def check_graphs(graphs: GraphSet) -> list[Finding]:
     for prompt in graphs.prompts:
         found.extend(check_prompt(prompt, graphs.path))
     return sorted(found, key=lambda f: (f.line, f.code))
+
+
+def check_tuples(prompt: Prompt, path: str) -> list[Finding]:
+    """What DSG's tuple stage promises, as warnings (real DSG-1k has a few of each; `build graphs` treats them
+    as errors): a whole entity has no parent, no tuple is asked twice, an entity is named in the prompt."""
+    found: list[Finding] = []
+    seen: dict[str, Question] = {}
+    for q in prompt.questions:
+        where = f"{prompt.item_id}: question {q.proposition_id}"
+        if q.l2 == "entity - whole" and any(p != 0 for p in q.parents):
+            found.append(
+                Finding(
+                    path,
+                    q.line,
+                    "warning",
+                    "entity-not-root",
+                    f"{where}: whole entity '{q.tuple}' has parents {list(q.parents)}; make it a root (0)",
+                )
+            )
+        key = " ".join(q.tuple.lower().split())
+        if key in seen:
+            found.append(
+                Finding(
+                    path,
+                    q.line,
+                    "warning",
+                    "duplicate-tuple",
+                    f"{where}: tuple '{q.tuple}' repeats question {seen[key].proposition_id}; delete one",
+                )
+            )
+        elif key:
+            seen[key] = q
+        arguments = tuple_arguments(q.tuple)
+        # The first argument of an entity tuple is the entity; for a part ("man's hair") its words include
+        # the part. Matching any content word tolerates plurals and possessives.
+        if q.l1 == "entity" and arguments and not mentions_argument(prompt.text, arguments[:1]):
+            found.append(
+                Finding(
+                    path,
+                    q.line,
+                    "warning",
+                    "entity-not-in-prompt",
+                    f"{where}: entity '{arguments[0]}' is not named in the prompt text",
+                )
+            )
+    return found
