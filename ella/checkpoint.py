@@ -1,0 +1,223 @@
+"""Loading ELLA / LLM4GEN weights from files, folders or the hub, strictly, and checking the base UNet.
+
+Owns the single error type of the package (`CheckpointError`, a ValueError with a one-line message
+that lists the offending keys and the fix) and the defaults naming the released checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ella.llm4gen import LLM4GEN_REPO, LLM4GENAdapter
+from ella.model import ELLA
+
+ELLA_REPO = "QQGYLab/ELLA"
+ELLA_SD15_FILE = "ella-sd1.5-tsc-t5xl.safetensors"
+LLM4GEN_FILE = "projector.pth"
+# Folder layouts written by `save_pretrained` (ours) besides the single released files.
+_FOLDER_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+_SHOWN_KEYS = 6
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or base model that does not fit: the message names the file and what to do."""
+
+
+def resolve(source: str | Path, filename: str | None = None, revision: str | None = None) -> Path:
+    """A local file/folder as is; otherwise `source` is a hub repo id and `filename` is downloaded."""
+    path = Path(source)
+    if path.exists():
+        return path / filename if filename and path.is_dir() and (path / filename).exists() else path
+    if str(source).count("/") != 1 or not filename:
+        raise CheckpointError(f"checkpoint '{source}' not found: give a .safetensors/.pth file or a folder")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(str(source), filename, revision=revision))
+    except Exception as exc:  # the hub client raises many types (offline, 404, auth)
+        raise CheckpointError(
+            f"could not fetch {filename} from the hub repo {source} ({type(exc).__name__}); "
+            f"download it and pass the local path instead"
+        ) from exc
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors or torch (.pth/.pt/.bin) file, or of a `save_pretrained` folder."""
+    path = Path(path)
+    if path.is_dir():
+        found = [path / name for name in _FOLDER_WEIGHTS if (path / name).exists()]
+        if not found:
+            raise CheckpointError(f"{path} has none of {', '.join(_FOLDER_WEIGHTS)}: is it a model folder?")
+        path = found[0]
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    # weights_only: a checkpoint is data; never unpickle arbitrary objects from a downloaded file.
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(loaded, Mapping) and "state_dict" in loaded and isinstance(loaded["state_dict"], Mapping):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise CheckpointError(f"{path} does not hold a flat state dict of tensors")
+    return dict(loaded)
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOWN_KEYS])
+    return f"{len(keys)} ({shown}{', ...' if len(keys) > _SHOWN_KEYS else ''})"
+
+
+def load_strict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str | Path, assign: bool = False
+) -> None:
+    """load_state_dict(strict=True), but the error lists missing, unexpected and mis-shaped keys in one line.
+
+    `assign=True` adopts the given tensors (device and dtype included), e.g. into a model built on `meta`.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshaped = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state_dict and state_dict[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_listing(unexpected)}")
+    if misshaped:
+        problems.append(f"wrong shapes (file vs model) {_listing(misshaped)}")
+    if problems:
+        raise CheckpointError(
+            f"{source} does not match {type(model).__name__}: {'; '.join(problems)}. "
+            f"Check that the file is a {type(model).__name__} checkpoint, or pass its config (a folder with config.json)"
+        )
+    model.load_state_dict(state_dict, strict=True, assign=assign)
+
+
+def _converted(state_dict: Mapping[str, torch.Tensor], device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    # Cast before loading: ModelMixin.to(dtype) logs a spurious float32 warning in diffusers 0.39.
+    return {
+        k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+        for k, v in state_dict.items()
+    }
+
+
+def infer_ella_config(state_dict: Mapping[str, torch.Tensor], heads: int = 8) -> dict[str, Any] | None:
+    """ELLA config read off tensor shapes (heads cannot be, so it is given); None if keys are not ELLA's."""
+    try:
+        time_weight = state_dict["time_embedding.linear_1.weight"]
+        latents = state_dict["connector.latents"]
+    except KeyError:
+        return None
+    layers = {k.split(".")[2] for k in state_dict if k.startswith("connector.perceiver_blocks.")}
+    proj_in = state_dict.get("connector.proj_in.weight")
+    proj_out = state_dict.get("connector.proj_out.0.weight")
+    pooled = state_dict.get("pooled_proj.1.weight")
+    return {
+        "time_channel": time_weight.shape[1],
+        "time_embed_dim": time_weight.shape[0],
+        "width": latents.shape[1],
+        "num_latents": latents.shape[0],
+        "layers": len(layers),
+        "heads": heads,
+        "input_dim": None if proj_in is None else proj_in.shape[1],
+        "output_dim": None if proj_out is None else proj_out.shape[0],
+        "pooled_dim": None if pooled is None else pooled.shape[0],
+    }
+
+
+def load_tsc(
+    source: str | Path = ELLA_REPO,
+    filename: str | None = ELLA_SD15_FILE,
+    *,
+    heads: int = 8,
+    revision: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> ELLA:
+    """An ELLA TSC from the released file (default), any single file, or a `save_pretrained` folder.
+
+    A folder's config.json gives the architecture; for a single file it is read off the tensor shapes
+    (and `heads`). Keys must match exactly.
+    """
+    path = resolve(source, filename, revision)
+    state_dict = read_state_dict(path)
+    config_file = path / "config.json" if path.is_dir() else None
+    if config_file is not None and config_file.exists():
+        config = {k: v for k, v in json.loads(config_file.read_text()).items() if not k.startswith("_")}
+    else:
+        config = infer_ella_config(state_dict, heads) or {}
+    try:
+        with torch.device("meta"):
+            model = ELLA(**config)
+    except TypeError as exc:
+        raise CheckpointError(f"{path}: config does not fit ELLA ({exc})") from exc
+    load_strict(model, _converted(state_dict, device, dtype), path, assign=True)
+    return model.eval()
+
+
+def load_llm4gen_adapter(
+    source: str | Path = LLM4GEN_REPO,
+    filename: str | None = LLM4GEN_FILE,
+    *,
+    heads: int = 8,
+    revision: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> LLM4GENAdapter:
+    """The CAM from the released `projector.pth` (default) or a folder/file of the same layout."""
+    path = resolve(source, filename, revision)
+    state_dict = read_state_dict(path)
+    config: dict[str, Any] = {"heads": heads}
+    llm_proj = state_dict.get("CrossFusionModule.0.llm_proj.weight")
+    if llm_proj is not None:
+        blocks = {k.split(".")[1] for k in state_dict if k.startswith("CrossFusionModule.")}
+        ffn = state_dict.get("CrossFusionModule.0.FFN.0.weight")
+        config.update(clip_dim=llm_proj.shape[0], llm_dim=llm_proj.shape[1], depth=len(blocks))
+        if ffn is not None:
+            config["mlp_ratio"] = ffn.shape[0] // llm_proj.shape[0]
+    with torch.device("meta"):
+        model = LLM4GENAdapter(**config)
+    load_strict(model, _converted(state_dict, device, dtype), path, assign=True)
+    return model.eval()
+
+
+def sdxl_pooled_dim(unet_config: Mapping[str, Any]) -> int | None:
+    """Width of the pooled text embedding an SDXL-style UNet adds to its time embedding, else None."""
+    if unet_config.get("addition_embed_type") != "text_time":
+        return None
+    # The added conditioning is [pooled text; 6 micro-conditioning numbers x addition_time_embed_dim].
+    return int(
+        unet_config["projection_class_embeddings_input_dim"] - 6 * unet_config["addition_time_embed_dim"]
+    )
+
+
+def check_base(tsc: ELLA, unet_config: Mapping[str, Any]) -> None:
+    """Refuse a UNet the TSC cannot drive (e.g. an SDXL UNet with the SD 1.5 TSC), saying which fits."""
+    unet_width = unet_config.get("cross_attention_dim")
+    pooled = sdxl_pooled_dim(unet_config)
+    kind = "an SDXL" if pooled is not None else "this"
+    if unet_width != tsc.output_dim:
+        raise CheckpointError(
+            f"the TSC makes {tsc.output_dim}-wide tokens but {kind} UNet's cross_attention_dim is {unet_width}: "
+            f"use a base whose UNet takes {tsc.output_dim} (SD 1.x for the released TSC), or a TSC trained for "
+            f"this base (ELLA(output_dim={unet_width}{f', pooled_dim={pooled}' if pooled else ''}))"
+        )
+    if pooled is not None and tsc.config["pooled_dim"] != pooled:
+        raise CheckpointError(
+            f"an SDXL UNet needs a {pooled}-wide pooled text embedding but the TSC gives "
+            f"{tsc.config['pooled_dim'] or 'none'}: use an ELLA-SDXL TSC (ELLA(output_dim={unet_width}, pooled_dim={pooled}))"
+        )
+    if pooled is None and tsc.config["pooled_dim"] is not None:
+        raise CheckpointError(
+            "the TSC has a pooled head (ELLA-SDXL) but the UNet takes no pooled embedding: use an SDXL base"
+        )
