@@ -199,9 +199,6 @@ def score_cmd(
     plan = evaluate(paths, config, graphs, None, shard=shard_pair, n_images=n_images, plan_only=True)
     judge_obj = None
     if plan.asked:
-        from dpgbench.runs import check_manifest
-
-        check_manifest(paths.eval_dir(judge) / "manifest.json", config.identity(graphs.sha256), "evaluation")
         judge_obj = registry.create(JUDGES, judge, "judge", config.judge_args)
         write_eval_manifest(paths.eval_dir(judge), config, graphs, judge_obj.info())
     with progress_bar(f"judge {judge}", plan.asked, "questions") as advance:

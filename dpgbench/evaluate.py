@@ -148,6 +148,7 @@ def evaluate(
     start = time.perf_counter()
     summary = EvaluateSummary()
     out = paths.eval_dir(config.judge)
+    check_manifest(out / "manifest.json", config.identity(graphs.sha256), "evaluation")  # never mix caches
     prompts, summary.not_in_questions = run_prompts(paths, graphs)
     records = finished_images(paths)
     cache = cached_answers(out)

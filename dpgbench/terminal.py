@@ -23,8 +23,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # long paths stay on one line (logs, grep)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------------- terminal

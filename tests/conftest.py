@@ -55,3 +55,16 @@ def tiny_pixart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import tiny
 
     return tiny.save_tiny_pixart(tmp_path_factory.mktemp("pixart"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Core (owner: core toolkit, issue 2): the shared data folder beside the checkout.
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not (SHARED / "dsg").is_dir():
+        pytest.skip(f"{SHARED} is absent: the real DSG/DPG-Bench data lives beside the checkout (CI has it)")
+    return SHARED
