@@ -229,7 +229,7 @@ class DiffusersBackend:
             "width": c.width,
             "height": c.height,
         }
-        args = {key: value for key, value in named.items() if value is not None}
+        args: dict[str, Any] = {key: value for key, value in named.items() if value is not None}
         if c.negative_prompt:
             # Only when set: pipelines differ in what "no negative prompt" means (SDXL uses zeros for
             # None, PixArt encodes ""), and their own default is the faithful choice.
