@@ -66,4 +66,9 @@ BACKENDS: dict[str, Entry] = {
         "generate",
         "any diffusers text-to-image pipeline by hub id or local folder (model=...): SD3, FLUX, PixArt-Σ...",
     ),
+    "openai-images": Entry(
+        "dpgbench.backends.openai_images:OpenAIImagesBackend",
+        "generate",
+        "OpenAI-compatible image API (dall-e-3, gpt-image-1, or base_url=...): retries, cost accounting",
+    ),
 }
