@@ -138,7 +138,7 @@ class RankGenEmbedder:
         """`tokenizer` defaults to the T5 v1.1 one for hub ids, to the encoder folder for local folders."""
         if tokenizer is None:
             tokenizer = encoder if Path(encoder).is_dir() else RANKGEN_TOKENIZER
-        model = RankGenT5Encoder.from_pretrained(encoder, torch_dtype=dtype or torch.float32)
+        model = RankGenT5Encoder.from_pretrained(encoder, dtype=dtype or torch.float32)
         return cls(model.to(device), AutoTokenizer.from_pretrained(tokenizer), max_length)
 
     @property
