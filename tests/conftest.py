@@ -68,3 +68,18 @@ def shared_dir() -> Path:
     if not (SHARED / "dsg").is_dir():
         pytest.skip(f"{SHARED} is absent: the real DSG/DPG-Bench data lives beside the checkout (CI has it)")
     return SHARED
+
+
+# --------------------------------------------------------------------------------------------------
+# Tiny mPLUG VQA folders (owner: judges, issue 5), built by tests/tiny_mplug.py in modelscope's layout
+# (~16 MB each). "free": unbiased, multi-word answers; "yes"/"no": always that word; "yesno": one of the
+# two, decided by image and question. Pass the folder as `--judge-arg model=DIR` to the mplug-large judge.
+
+
+@pytest.fixture(scope="session")
+def tiny_mplug_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    import tiny_mplug
+
+    root = tmp_path_factory.mktemp("mplug")
+    prefer = {"free": (), "yes": ("yes",), "no": ("no",), "yesno": ("yes", "no")}
+    return {name: tiny_mplug.build_mplug(root / name, prefer=words) for name, words in prefer.items()}

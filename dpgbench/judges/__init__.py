@@ -30,5 +30,12 @@ class Judge(Protocol):
 
 
 JUDGES: dict[str, Entry] = {
-    "dummy": Entry("dpgbench.judges.dummy:DummyJudge", "", "deterministic pseudo-answers (no model), for demos and tests"),
+    "dummy": Entry(
+        "dpgbench.judges.dummy:DummyJudge", "", "deterministic pseudo-answers (no model), for demos and tests"
+    ),
+    "mplug-large": Entry(
+        "dpgbench.judges.mplug:MplugJudge",
+        "mplug",
+        "mPLUG-large VQA via modelscope (the DPG-Bench reference), batched",
+    ),
 }

@@ -1,0 +1,230 @@
+"""mplug-large judge: answers equal modelscope's own code path (and its real pipeline when importable),
+batched answers equal one-by-one answers, folders resolve offline, bad folders fail with one clear line.
+
+All on tiny random-weight mPLUG folders built by tests/tiny_mplug.py (fixture `tiny_mplug_dirs`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("modelscope")
+pytest.importorskip("timm")
+
+from PIL import Image  # noqa: E402
+
+from dpgbench import registry  # noqa: E402
+from dpgbench.errors import DpgBenchError  # noqa: E402
+from dpgbench.judges import JUDGES  # noqa: E402
+from dpgbench.judges.mplug import DEFAULT_MODEL, MplugJudge, MplugJudgeConfig  # noqa: E402
+
+QUESTIONS = [
+    "Is there a red cat?",
+    "What color is the sky?",
+    "How many dogs are sitting on the chair?",
+    "Is the MAN holding a blue car?",
+    "is the tree next to the house, under the sky?",
+    # longer than 25 tokens: the pipeline truncates, so must we
+    "is there a small white dog sitting next to a big black cat under a green tree on the left of a "
+    "yellow house with two red cars and three blue chairs?",
+    "Are the zebras visible?",  # out-of-vocabulary word -> [UNK]
+]
+
+
+def images() -> list[Image.Image]:
+    """Varied inputs: noise of several sizes, a gradient, RGBA and grayscale (the pipeline converts to RGB)."""
+    rng = np.random.default_rng(7)
+    out = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(80, 80), (50, 120)]]
+    ramp = np.tile(np.linspace(0, 255, 96, dtype=np.uint8), (96, 1))
+    out.append(Image.fromarray(np.stack([ramp, ramp.T, 255 - ramp], axis=-1)))
+    out.append(Image.fromarray(rng.integers(0, 256, (64, 64, 4), dtype=np.uint8), mode="RGBA"))
+    out.append(Image.fromarray(rng.integers(0, 256, (70, 70), dtype=np.uint8), mode="L"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def judges(tiny_mplug_dirs: dict[str, Path]) -> dict[str, MplugJudge]:
+    return {name: MplugJudge(MplugJudgeConfig(model=str(folder))) for name, folder in tiny_mplug_dirs.items()}
+
+
+def modelscope_model_answers(folder: Path, image: Image.Image, questions: list[str]) -> list[str]:
+    """What `pipeline(Tasks.visual_question_answering, model=folder)` does per question, without importing
+    the pipeline module (it needs fairseq, decord, librosa...): the model built by modelscope's
+    Model.from_pretrained, the MPlugPreprocessor steps (modelscope 1.40.2, preprocessors/multi_modal.py),
+    the pipeline's collate_fn and no_grad forward, and the model's own decoding."""
+    from modelscope.models import Model
+    from modelscope.pipelines.base import collate_fn
+    from torchvision import transforms
+    from transformers import BertTokenizer
+
+    with contextlib.redirect_stdout(io.StringIO()):  # modelscope prints its load report
+        model = Model.from_pretrained(str(folder))
+    model.eval()
+    res = model.model.config.image_res
+    transform = transforms.Compose(
+        [
+            transforms.Resize((res, res), interpolation=Image.BICUBIC),
+            transforms.ToTensor(),
+            transforms.Normalize(
+                mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711)
+            ),
+        ]
+    )
+    tokenizer = BertTokenizer.from_pretrained(str(folder))
+    answers = []
+    for question in questions:
+        pixels = torch.stack([transform(image.convert("RGB"))], dim=0)
+        tokens = tokenizer(
+            question.lower(), padding="max_length", truncation=True, max_length=25, return_tensors="pt"
+        )
+        with torch.no_grad():
+            out = model(collate_fn({"image": pixels, "question": tokens}, torch.device("cpu")))
+        answers.append(out["text"])
+    return answers
+
+
+def real_pipeline():
+    try:
+        from modelscope.pipelines import pipeline
+        from modelscope.pipelines.multi_modal.visual_question_answering_pipeline import (  # noqa: F401
+            VisualQuestionAnsweringPipeline,
+        )
+        from modelscope.utils.constant import Tasks
+    except Exception as exc:  # ModuleNotFoundError for fairseq, or modelscope's RuntimeError wrapping it
+        pytest.skip(
+            f"modelscope's VQA pipeline is not importable here ({exc}); see the judge docs for its deps"
+        )
+    return pipeline, Tasks
+
+
+@pytest.mark.parametrize("name", ["free", "yesno"])
+def test_answers_equal_modelscope_model_path(tiny_mplug_dirs, judges, name):
+    folder, judge = tiny_mplug_dirs[name], judges[name]
+    for image in images():
+        expected = modelscope_model_answers(folder, image, QUESTIONS)
+        assert judge.ask(image, QUESTIONS) == expected
+
+
+@pytest.mark.parametrize("name", ["free", "yesno"])
+def test_answers_equal_real_modelscope_pipeline(tiny_mplug_dirs, judges, name):
+    pipeline, tasks = real_pipeline()
+    with contextlib.redirect_stdout(io.StringIO()):
+        vqa = pipeline(tasks.visual_question_answering, model=str(tiny_mplug_dirs[name]), device="cpu")
+    for image in images():
+        expected = [vqa({"image": image, "question": q})["text"] for q in QUESTIONS]
+        assert judges[name].ask(image, QUESTIONS) == expected
+
+
+def test_free_model_answers_are_varied(judges):
+    """Guards the parity tests' power: the unbiased folder gives multi-word answers that change with the input."""
+    answers = [a for image in images() for a in judges["free"].ask(image, QUESTIONS)]
+    # Golden values of the seed-0 folder (torch 2.14.1): 24 distinct answers out of 35, nearly all running
+    # to max_length (10 words), so every parity test walks the whole beam search.
+    assert len(set(answers)) == 24
+    assert sorted(len(a.split()) for a in answers)[:3] == [6, 7, 10]
+
+
+def test_batched_equals_one_by_one(tiny_mplug_dirs):
+    # Small batches so chunks cut across images and the vision tower sees several images at once.
+    judge = MplugJudge(MplugJudgeConfig(model=str(tiny_mplug_dirs["free"]), image_batch=2, question_batch=3))
+    pics = images()
+    lists = [QUESTIONS, QUESTIONS[:1], [], QUESTIONS[::-1], QUESTIONS[2:5]]
+    batched = judge.ask_batch(pics, lists)
+    one_by_one = [[judge.ask(image, [q])[0] for q in questions] for image, questions in zip(pics, lists)]
+    assert batched == one_by_one
+    assert [len(a) for a in batched] == [7, 1, 0, 7, 3]
+    assert judge.ask_batch([], []) == []
+
+
+def test_biased_folders(judges):
+    pics = images()
+    assert {a for image in pics for a in judges["yes"].ask(image, QUESTIONS)} == {"yes"}
+    assert {a for image in pics for a in judges["no"].ask(image, QUESTIONS)} == {"no"}
+    mixed = [a for image in pics for a in judges["yesno"].ask(image, QUESTIONS)]
+    # decided by image and question, one word each; golden counts of the seed-0 folder
+    assert (mixed.count("yes"), mixed.count("no")) == (31, 4)
+
+
+def test_fp16_runs_and_keeps_biased_answers(tiny_mplug_dirs):
+    judge = MplugJudge(MplugJudgeConfig(model=str(tiny_mplug_dirs["yes"]), dtype="fp16"))
+    assert judge.ask(images()[0], QUESTIONS[:3]) == ["yes", "yes", "yes"]
+    assert judge.info()["dtype"] == "float16"
+
+
+def test_info(tiny_mplug_dirs, judges):
+    info = judges["yes"].info()
+    weights = tiny_mplug_dirs["yes"] / "pytorch_model.bin"
+    assert info["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert (info["name"], info["dtype"], info["device"]) == ("mplug-large", "float32", "cpu")
+    assert (info["image_res"], info["beam_size"], info["answer_max_length"], info["question_tokens"]) == (
+        64,
+        5,
+        10,
+        25,
+    )
+    assert info["missing_weights"] == 0
+    json.dumps(info)  # goes into the manifest
+
+
+def test_registry_builds_the_judge(tiny_mplug_dirs):
+    judge = registry.create(
+        JUDGES, "mplug-large", "judge", {"model": str(tiny_mplug_dirs["no"]), "question_batch": "4"}
+    )
+    assert judge.config.question_batch == 4
+    assert judge.ask(images()[1], ["is it?"]) == ["no"]
+
+
+def test_model_id_resolves_from_cache_offline_under_either_org(tiny_mplug_dirs, tmp_path):
+    # modelscope_hub's cache layout: <cache>/models/<owner>--<name>/snapshots/<revision>/
+    name = DEFAULT_MODEL.split("/")[1]
+    snapshot = tmp_path / "models" / f"iic--{name}" / "snapshots" / "master"
+    shutil.copytree(tiny_mplug_dirs["yes"], snapshot)
+    judge = MplugJudge(MplugJudgeConfig(model=DEFAULT_MODEL, cache_dir=str(tmp_path), offline=True))
+    assert judge.folder == snapshot
+    assert judge.ask(images()[0], ["is there a cat?"]) == ["yes"]
+
+
+def test_missing_model_offline_is_one_clear_error(tmp_path):
+    with pytest.raises(
+        DpgBenchError, match=r"not in the modelscope cache and offline=true: run `modelscope download"
+    ):
+        MplugJudge(MplugJudgeConfig(model="iic/no_such_mplug", cache_dir=str(tmp_path), offline=True))
+    with pytest.raises(DpgBenchError, match="no such folder"):
+        MplugJudge(MplugJudgeConfig(model=str(tmp_path / "absent" / "dir")))
+
+
+def test_bad_folders_fail_with_file_and_fix(tiny_mplug_dirs, tmp_path):
+    def copy(name: str) -> Path:
+        return Path(shutil.copytree(tiny_mplug_dirs["yes"], tmp_path / name))
+
+    no_weights = copy("no_weights")
+    (no_weights / "pytorch_model.bin").unlink()
+    with pytest.raises(DpgBenchError, match=r"no_weights/pytorch_model.bin: missing"):
+        MplugJudge(MplugJudgeConfig(model=str(no_weights)))
+
+    captioner = copy("captioner")
+    config = json.loads((captioner / "configuration.json").read_text())
+    config["task"] = "image-captioning"
+    (captioner / "configuration.json").write_text(json.dumps(config))
+    with pytest.raises(DpgBenchError, match="task is 'image-captioning', not 'visual-question-answering'"):
+        MplugJudge(MplugJudgeConfig(model=str(captioner)))
+
+    partial = copy("partial")
+    state = torch.load(partial / "pytorch_model.bin", weights_only=True)
+    del state["model.visn_fc.weight"]
+    torch.save(state, partial / "pytorch_model.bin")
+    with pytest.raises(
+        DpgBenchError, match=r"1 weights of the answer path are missing \(first: visn_fc.weight\)"
+    ):
+        MplugJudge(MplugJudgeConfig(model=str(partial)))
+    lenient = MplugJudge(MplugJudgeConfig(model=str(partial), strict_weights=False))
+    assert lenient.info()["missing_weights"] == 1
