@@ -393,7 +393,9 @@ def demo_cmd(
 
 # Commands owned by other areas live in `dpgbench/cli_<area>.py`, each with `register(app)`; they must stay
 # torch-free at import time. Add one line per module to this tuple.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "dpgbench.cli_build",
+)
 
 
 def _register_command_modules() -> None:
