@@ -394,6 +394,7 @@ def demo_cmd(
 # Commands owned by other areas live in `dpgbench/cli_<area>.py`, each with `register(app)`; they must stay
 # torch-free at import time. Add one line per module to this tuple.
 COMMAND_MODULES: tuple[str, ...] = (
+    "dpgbench.cli_report",
     "dpgbench.cli_build",
 )
 

@@ -1,0 +1,125 @@
+"""Figures for the tables: category bars, prompt-score distributions, deltas with intervals, checkpoint curves.
+
+matplotlib is imported inside each function and drawn through `Figure` with the Agg canvas (no pyplot, no
+display, no global state), so the core stays light and plots work on headless machines and in threads.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dpgbench.data import write_atomic
+from dpgbench.errors import DpgBenchError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from dpgbench.compare import Comparison, Curve
+
+
+def _figure(width: float, height: float) -> Figure:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise DpgBenchError(
+            "plots need matplotlib: pip install 'dpgbench[report]' (or pass --no-plots)"
+        ) from None
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def png_bytes(figure: Figure) -> bytes:
+    out = io.BytesIO()
+    # A fixed Software tag and no timestamp keep the bytes reproducible for the same data.
+    figure.savefig(out, format="png", metadata={"Software": "dpgbench"})
+    return out.getvalue()
+
+
+def save_png(figure: Figure, path: str | Path) -> bytes:
+    data = png_bytes(figure)
+    write_atomic(path, data)
+    return data
+
+
+def category_bars(scores: Mapping[str, Mapping[str, float]], categories: Sequence[str], title: str) -> Figure:
+    """Grouped bars: one group per category, one bar per run (label -> category -> percent)."""
+    labels = list(scores)
+    figure = _figure(max(6.0, 1.1 * len(categories) + 0.35 * len(categories) * len(labels)), 3.6)
+    ax = figure.add_subplot()
+    width = 0.8 / max(1, len(labels))
+    for k, label in enumerate(labels):
+        heights = [_or_zero(scores[label].get(c)) for c in categories]
+        xs = [i - 0.4 + width * (k + 0.5) for i in range(len(categories))]
+        ax.bar(xs, heights, width, label=label)
+    ax.set_xticks(
+        range(len(categories)), list(categories), rotation=30 if len(categories) > 6 else 0, ha="right"
+    )
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("score (%)")
+    ax.set_title(title)
+    if len(labels) > 1:
+        ax.legend(fontsize="small")
+    return figure
+
+
+def score_histogram(prompt_scores: Mapping[str, Sequence[float]], title: str, bins: int = 20) -> Figure:
+    """Distribution of prompt scores per run, 0-100 in equal bins (step outlines so runs overlap readably)."""
+    figure = _figure(6.0, 3.4)
+    ax = figure.add_subplot()
+    edges = [100 * i / bins for i in range(bins + 1)]
+    for label, values in prompt_scores.items():
+        ax.hist(
+            [v for v in values if not math.isnan(v)], bins=edges, histtype="step", linewidth=1.6, label=label
+        )
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("prompt score (%)")
+    ax.set_ylabel("prompts")
+    ax.set_title(title)
+    if len(prompt_scores) > 1:
+        ax.legend(fontsize="small")
+    return figure
+
+
+def delta_bars(comparison: Comparison, levels: Sequence[str] = ("overall", "l1", "l2")) -> Figure:
+    """Horizontal bars of B - A per category with the bootstrap 95% interval as error bars."""
+    deltas = [d for d in comparison.deltas if d.level in levels]
+    figure = _figure(7.0, 0.32 * len(deltas) + 1.4)
+    ax = figure.add_subplot()
+    ys = list(range(len(deltas)))[::-1]
+    colours = [
+        "tab:green" if d.verdict == "improved" else "tab:red" if d.verdict == "regressed" else "tab:gray"
+        for d in deltas
+    ]
+    errors = [
+        [0 if math.isnan(d.low) else d.delta - d.low for d in deltas],
+        [0 if math.isnan(d.high) else d.high - d.delta for d in deltas],
+    ]
+    ax.barh(ys, [d.delta for d in deltas], color=colours, xerr=errors, capsize=2)
+    ax.set_yticks(ys, [d.category if d.level != "overall" else "OVERALL" for d in deltas], fontsize="small")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel(f"{comparison.b} - {comparison.a} ({comparison.protocol}, points; bars: 95% CI)")
+    ax.set_title(f"{comparison.prompts} prompts in common, {comparison.resamples} paired resamples")
+    return figure
+
+
+def curve_plot(curve: Curve, level: str = "l1") -> Figure:
+    """One line per category (and the overall score) across checkpoints, in the order given."""
+    figure = _figure(max(6.0, 0.9 * len(curve.labels) + 2), 3.8)
+    ax = figure.add_subplot()
+    xs = list(range(len(curve.labels)))
+    for (lvl, category), values in curve.scores.items():
+        if lvl == level:
+            ax.plot(xs, values, marker="o", linewidth=1.2, label=category)
+    ax.plot(xs, curve.scores[("overall", "all")], marker="s", color="black", linewidth=2.2, label="overall")
+    ax.set_xticks(xs, curve.labels, rotation=30 if len(xs) > 5 else 0, ha="right")
+    ax.set_ylabel(f"score (%, {curve.protocol})")
+    ax.set_title(f"{len(xs)} checkpoints on {curve.prompts} common prompts")
+    ax.legend(fontsize="small", ncols=2)
+    return figure
+
+
+def _or_zero(value: float | None) -> float:
+    return 0.0 if value is None or math.isnan(value) else value
