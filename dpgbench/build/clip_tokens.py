@@ -86,10 +86,11 @@ class ClipTokenizer:
             lines = gzip.decompress(vocab_gz).decode("utf-8").split("\n")
         except (OSError, UnicodeDecodeError):
             raise DpgBenchError(f"the CLIP vocabulary is not a gzip text file like {VOCAB_NAME}") from None
-        merges = [tuple(line.split()) for line in lines[1 : N_MERGES + 1]]
-        if len(merges) != N_MERGES or any(len(m) != 2 for m in merges):
+        merges = [tuple(line.split()) for line in lines[1 : N_MERGES + 1] if line.strip()]
+        well_formed = sum(len(m) == 2 for m in merges)
+        if well_formed != N_MERGES or len(merges) != N_MERGES:
             raise DpgBenchError(
-                f"the CLIP vocabulary has {len(merges)} well-formed merges, {N_MERGES} expected"
+                f"the CLIP vocabulary has {well_formed} well-formed merges, {N_MERGES} expected"
             )
         alphabet = byte_alphabet()
         self._byte_symbol = [alphabet[b] for b in range(256)]
