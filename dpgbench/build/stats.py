@@ -103,8 +103,11 @@ def prompt_set_stats(graphs: GraphSet, tokenizer: ClipTokenizer, tagger: Tagger 
     # With the start and end tokens: the positions a prompt takes in CLIP's 77-token window, and what the
     # paper's Table 2 counts (DSG-1k: 22.56 both there and here).
     tokens = [tokenizer.count(t) + 2 for t in texts]
+    # A folder of .txt is usually called `prompts`; its parent says which benchmark it is.
+    folder = Path(graphs.path)
+    name = f"{folder.parent.name}/{folder.name}" if folder.is_dir() else graphs.name
     stats = PromptSetStats(
-        name=graphs.name,
+        name=name,
         path=graphs.path,
         prompts=len(texts),
         words=statistics.fmean(words),
