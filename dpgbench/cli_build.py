@@ -91,8 +91,8 @@ def limited(sources: SourceSet, limit: int | None) -> SourceSet:
 
     if limit is None:
         return sources
-    items = sources.items[:limit]
-    return SourceSet(f"{sources.path} (first {limit})", sources.sha256 + f":{limit}", items)
+    # Same identity as the whole set: a trial with --limit and the full run can share one folder and cache.
+    return SourceSet(f"{sources.path} (first {limit})", sources.sha256, sources.items[:limit])
 
 
 def report_build(

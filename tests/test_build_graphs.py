@@ -260,3 +260,26 @@ def test_validators_reject_what_dsg_forbids() -> None:
     )
     ok = '{"dependencies": [{"id": 1, "parents": []}, {"id": 2, "parents": [0]}, {"id": 3, "parents": [2, 1, 1]}]}'
     assert validate_dependencies(ok, tuples, text) == [(0,), (0,), (1, 2)]
+
+
+def test_resume_after_a_kill_mid_write(sources: Path, tmp_path: Path) -> None:
+    """A kill can tear the cache's last line; the rerun drops it, asks that one request again, loses nothing."""
+    few = tmp_path / "few.jsonl"
+    few.write_text(
+        "".join(json.dumps({"item_id": k, "text": PROMPTS[k][0]}) + "\n" for k in ("good", "malformed"))
+    )
+    out = tmp_path / "graphs"
+    with FakeChatServer(recorded_reply) as server:
+        build_graphs(config(server), read_sources(few), out)
+        assert len(server.received) == 3 + 4
+        csv_bytes = (out / "graphs.csv").read_bytes()
+        cache = out / "llm_cache.jsonl"
+        data = cache.read_bytes()
+        last_line_start = data.rstrip(b"\n").rfind(b"\n") + 1
+        cache.write_bytes(data[: last_line_start + 40])  # the last record half written
+        (out / "graphs.csv").unlink()
+        again = build_graphs(config(server), read_sources(few), out)
+        assert len(server.received) == 3 + 4 + 1
+        assert (again.usage.requests, again.usage.cache_hits) == (1, 6)
+        assert (out / "graphs.csv").read_bytes() == csv_bytes
+        assert len(cache.read_text().splitlines()) == 7
