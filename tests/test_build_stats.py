@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import random
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -67,7 +68,16 @@ def test_clip_tokens_match_clip_golden_ids(tokenizer: ClipTokenizer) -> None:
     assert tokenizer.encode("<|startoftext|>a cat<|endoftext|>") == [49406, 320, 2368, 49407]
     # Lower-casing, HTML entities and whitespace are normalised as in CLIP.
     assert tokenizer.encode("A  DIAGRAM &amp;") == tokenizer.encode("a diagram &")
-    assert "open_clip" not in sys.modules and "torch" not in sys.modules
+
+
+def test_clip_vocab_is_read_without_importing_open_clip_or_torch() -> None:
+    clip_vocab_or_skip()
+    code = (
+        "import sys; from dpgbench.build.clip_tokens import ClipTokenizer; ClipTokenizer.load(); "
+        "print('open_clip' in sys.modules, 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]
 
 
 def test_clip_vocab_from_a_wheel_or_missing(tmp_path: Path) -> None:
