@@ -2,7 +2,7 @@
 
 It answers `POST /v1/chat/completions` from recorded replies chosen by the request (stage + prompt + how many
 times the model was already told its answer was rejected), so it is stateless and a rerun sees the same
-conversation. Faults are queued per prompt: "429" (Retry-After 0), "500", "timeout" (answers too late).
+conversation. Faults are queued per prompt: "401", "429" (Retry-After 0), "500", "timeout" (answers too late).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class FakeChatServer:
                 try:
                     if fault == "timeout":
                         time.sleep(server.timeout_sleep)
-                    if fault in ("429", "500"):
+                    if fault in ("401", "429", "500"):
                         self._send(int(fault), {"error": {"message": f"injected {fault}", "type": "test"}})
                         return
                     content = server.reply(body)

@@ -283,3 +283,17 @@ def test_resume_after_a_kill_mid_write(sources: Path, tmp_path: Path) -> None:
         assert (again.usage.requests, again.usage.cache_hits) == (1, 6)
         assert (out / "graphs.csv").read_bytes() == csv_bytes
         assert len(cache.read_text().splitlines()) == 7
+
+
+def test_a_refused_key_stops_the_build_with_one_line(tmp_path: Path) -> None:
+    from dpgbench.build.llm import LLMClient, parse_json_object
+
+    with FakeChatServer(lambda body: "{}") as server:
+        server.faults = {"Prompt": ["401"]}
+        with (
+            LLMClient(config(server).llm, tmp_path / "cache.jsonl") as client,
+            pytest.raises(DpgBenchError) as info,
+        ):
+            client.complete([{"role": "user", "content": "Prompt: x"}])
+    assert str(info.value) == f"{server.base_url} refused the key (HTTP 401); check $OPENAI_API_KEY"
+    assert parse_json_object('```json\n{"a": 1}\n```') == {"a": 1}
