@@ -181,6 +181,7 @@ def check_graphs(graphs: GraphSet) -> list[Finding]:
     found = check_contiguous(graphs)
     for prompt in graphs.prompts:
         found.extend(check_prompt(prompt, graphs.path))
+        found.extend(check_tuples(prompt, graphs.path))
     return sorted(found, key=lambda f: (f.line, f.code))
 
 
