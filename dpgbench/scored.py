@@ -310,6 +310,16 @@ def load_detail(run: ScoredRun, questions: str | None = None) -> RunDetail:
             "(this folder holds only score tables)"
         )
     graphs = resolve_questions(run, questions)
+    try:
+        return _detail(run, graphs, hash_files=False)
+    except DpgBenchError:
+        # An image changed on disk after it was logged: evaluate() keyed its answers by the file's bytes,
+        # so do the same (slower: every image is read) before calling the table stale.
+        return _detail(run, graphs, hash_files=True)
+
+
+def _detail(run: ScoredRun, graphs: GraphSet, hash_files: bool) -> RunDetail:
+    assert run.run_root is not None
     paths = RunPaths(run.run_root)
     prompts, _ = run_prompts(paths, graphs)
     n_images = run.n_images
@@ -329,7 +339,7 @@ def load_detail(run: ScoredRun, questions: str | None = None) -> RunDetail:
                 images.append(ImageRef(index, (record or {}).get("file"), why))
                 answers.append(None)
                 continue
-            known = _answers_of(paths, record, texts, cache)
+            known = _answers_of(paths, record, texts, cache, hash_files)
             images.append(ImageRef(index, record["file"], None if known is not None else "file is missing"))
             answers.append(known)
         slots[prompt.item_id] = answers
@@ -345,14 +355,22 @@ def load_detail(run: ScoredRun, questions: str | None = None) -> RunDetail:
 
 
 def _answers_of(
-    paths: RunPaths, record: dict[str, Any], texts: list[str], cache: dict[tuple[str, str], str]
+    paths: RunPaths,
+    record: dict[str, Any],
+    texts: list[str],
+    cache: dict[tuple[str, str], str],
+    hash_files: bool,
 ) -> dict[str, str] | None:
-    """Cached answers of one image; the logged sha256 first (no read), the file's bytes if that misses."""
+    """Cached answers of one image, None if its file is gone (evaluate scores it as missing then).
+
+    Fast path: the sha256 logged when the image was made (one stat, no read); otherwise the file's bytes.
+    """
+    file = paths.root / record["file"]
     sha = record.get("sha256")
-    if sha and any((sha, t) in cache for t in texts):
+    if not hash_files and sha and file.is_file() and any((sha, t) in cache for t in texts):
         return {t: cache[(sha, t)] for t in texts if (sha, t) in cache}
     try:
-        sha = sha256_bytes((paths.root / record["file"]).read_bytes())
+        sha = sha256_bytes(file.read_bytes())
     except OSError:
         return None
     return {t: cache[(sha, t)] for t in texts if (sha, t) in cache}

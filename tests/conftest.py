@@ -83,3 +83,43 @@ def tiny_mplug_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     root = tmp_path_factory.mktemp("mplug")
     prefer = {"free": (), "yes": ("yes",), "no": ("no",), "yesno": ("yes", "no")}
     return {name: tiny_mplug.build_mplug(root / name, prefer=words) for name, words in prefer.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Scored run folders for the report commands (owner: reports, issue 6): the dummy backend and judge on the
+# shipped demo prompts, made through the real CLI in about a second. Tests must not modify them (copy
+# one with shutil.copytree first). "a": default drawings; "b"/"c": fewer shapes (other images, so other
+# answers from the same judge); "salted": A's images judged by another judge setting; "half": the first 6
+# prompts only; "unscored": images but no judge yet.
+
+
+def _report_cli(args: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from dpgbench.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (args, result.output, result.exception)
+
+
+@pytest.fixture(scope="session")
+def report_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("report_runs")
+    specs: dict[str, tuple[list[str], list[str] | None]] = {
+        "a": ([], []),
+        "b": (["--backend-arg", "shapes=3"], []),
+        "c": (["--backend-arg", "shapes=2"], []),
+        "salted": ([], ["--judge-arg", "salt=other"]),
+        "half": (["--limit", "6"], []),
+        "unscored": ([], None),
+    }
+    runs = {}
+    for name, (generate_args, judge_args) in specs.items():
+        out = root / name
+        _report_cli(
+            ["generate", "--backend", "dummy", "--prompts", "demo", "--out", str(out), *generate_args]
+        )
+        if judge_args is not None:
+            _report_cli(["score", str(out), "--judge", "dummy", *judge_args])
+        runs[name] = out
+    return runs
