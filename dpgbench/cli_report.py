@@ -136,7 +136,7 @@ def compare_cmd(
     plots: Annotated[bool, typer.Option(help="save PNG plots next to --out")] = True,
 ) -> None:
     """Checkpoints on the prompts all scored: per-category deltas, paired bootstrap 95% CIs, verdicts."""
-    from dpgbench.compare import COMPARISON_COLUMNS, compare, comparison_rows, curves
+    from dpgbench.compare import COMPARISON_COLUMNS, change_rows, compare, comparison_rows, curves
     from dpgbench.scored import check_same_setup, load_detail, load_many
 
     _check_protocol(protocol)
@@ -163,6 +163,21 @@ def compare_cmd(
 
     write_csv(out, comparison_rows(comparisons), COMPARISON_COLUMNS)
     console.print(f"{out}: {len(comparisons)} comparison(s) with bootstrap intervals")
+    changes = out.with_name(f"{out.stem}.prompts.csv")
+    write_csv(
+        changes, change_rows(comparisons, "prompts"), ["a", "b", "item_id", "score_a", "score_b", "delta"]
+    )
+    columns = ["a", "b", "item_id", "proposition_id", "category", "question", "score_a", "score_b", "delta"]
+    write_csv(out.with_name(f"{out.stem}.questions.csv"), change_rows(comparisons, "questions"), columns)
+    console.print(f"{changes} and {out.stem}.questions.csv: every prompt and question, most regressed first")
+    if curve is not None:
+        table = out.with_name(f"{out.stem}.curves.csv")
+        rows = [
+            {"level": level, "category": category, **dict(zip(curve.labels, values))}
+            for (level, category), values in curve.scores.items()
+        ]
+        write_csv(table, rows, ["level", "category", *curve.labels])
+        console.print(f"{table}: score per category and checkpoint")
     if plots:
         from dpgbench import plots as figures
 

@@ -341,6 +341,33 @@ def comparison_rows(comparisons: Sequence[Comparison]) -> list[dict[str, object]
     return rows
 
 
+def change_rows(comparisons: Sequence[Comparison], what: str) -> list[dict[str, object]]:
+    """Every prompt ("prompts") or question ("questions") of each comparison, most regressed first."""
+    rows: list[dict[str, object]] = []
+    for c in comparisons:
+        if what == "prompts":
+            rows += [
+                {"a": c.a, "b": c.b, "item_id": p.item_id, "score_a": p.a, "score_b": p.b, "delta": p.delta}
+                for p in c.prompt_changes
+            ]
+        else:
+            rows += [
+                {
+                    "a": c.a,
+                    "b": c.b,
+                    "item_id": q.item_id,
+                    "proposition_id": q.proposition_id,
+                    "category": q.category,
+                    "question": q.question,
+                    "score_a": q.a,
+                    "score_b": q.b,
+                    "delta": q.delta,
+                }
+                for q in c.question_changes
+            ]
+    return rows
+
+
 COMPARISON_COLUMNS = [
     "a",
     "b",

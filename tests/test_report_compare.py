@@ -192,6 +192,13 @@ def test_compare_command_writes_csv_and_plot(report_runs, tmp_path):
     assert rows[0]["category"] == "all" and float(rows[0]["ci_low"]) == pytest.approx(-12.557139041514032)
     png = out.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(tmp_path / "cmp.prompts.csv") as f:
+        prompts = list(csv.DictReader(f))
+    assert len(prompts) == 12 and prompts[0]["item_id"] == "demo_castle"
+    assert float(prompts[0]["delta"]) == pytest.approx(-31.25, abs=1e-9)
+    with open(tmp_path / "cmp.questions.csv") as f:
+        questions = list(csv.DictReader(f))
+    assert len(questions) == 147  # every question of the 12 prompts: strict counts them all
 
 
 def test_compare_three_checkpoints_draws_curves(report_runs, tmp_path):
@@ -207,6 +214,11 @@ def test_compare_three_checkpoints_draws_curves(report_runs, tmp_path):
         ("step1", "step3"),
     ]
     assert out.with_suffix(".png").exists()
+    with open(tmp_path / "many.curves.csv") as f:
+        curve = {(r["level"], r["category"]): r for r in csv.DictReader(f)}
+    assert list(curve[("overall", "all")])[2:] == ["step1", "step2", "step3"]
+    table = read_scores_csv(report_runs["c"] / "eval" / "dummy" / "scores.csv")["strict"]
+    assert float(curve[("l1", "relation")]["step3"]) == pytest.approx(table.l1["relation"].score, abs=1e-9)
 
 
 def test_compare_refuses_mixed_judges_and_odd_input(report_runs):
