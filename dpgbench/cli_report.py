@@ -136,7 +136,14 @@ def compare_cmd(
     plots: Annotated[bool, typer.Option(help="save PNG plots next to --out")] = True,
 ) -> None:
     """Checkpoints on the prompts all scored: per-category deltas, paired bootstrap 95% CIs, verdicts."""
-    from dpgbench.compare import COMPARISON_COLUMNS, change_rows, compare, comparison_rows, curves
+    from dpgbench.compare import (
+        COMPARISON_COLUMNS,
+        change_rows,
+        common_prompts,
+        compare,
+        comparison_rows,
+        curves,
+    )
     from dpgbench.scored import check_same_setup, load_detail, load_many
 
     _check_protocol(protocol)
@@ -147,10 +154,12 @@ def compare_cmd(
         raise DpgBenchError("a run was scored by several judges; choose one with --judge NAME")
     check_same_setup(scored, "compare")
     details = [load_detail(r, questions) for r in scored]
+    # With several checkpoints every delta uses the prompts all of them scored, like the curves.
+    items = common_prompts(details, protocol) if len(details) > 2 else None
     comparisons = []
     with progress_bar("bootstrap", len(details) - 1, "comparisons") as advance:
         for other in details[1:]:
-            comparisons.append(compare(details[0], other, protocol, resamples, seed))
+            comparisons.append(compare(details[0], other, protocol, resamples, seed, items))
             advance(1)
     for c in comparisons:
         _print_comparison(c, top if len(details) == 2 else 0)

@@ -166,7 +166,10 @@ def compare(
     """B against A on the prompts both scored (or on `items`, which both must have scored)."""
     if resamples < 100:
         raise DpgBenchError(f"--resamples {resamples}: use at least 100 (2000 gives stable 95% intervals)")
+    both = set(common_prompts([a, b], protocol))
     ids = list(items) if items is not None else common_prompts([a, b], protocol)
+    if any(i not in both for i in ids):
+        raise ValueError(f"compare(items=...): every item must be scored by both runs under {protocol}")
     if len(ids) < 2:
         raise DpgBenchError(
             f"{a.run.label} and {b.run.label} have {len(ids)} prompt(s) in common under {protocol}; "

@@ -272,9 +272,12 @@ def build_report(
         raise DpgBenchError(f"--out {out}: name the report file with .html")
     thumbs = _thumbnails(details, config, on_image)
     data = _clean(report_data(details, out, thumbs, config))
-    summary = ReportSummary(out, len(data["prompts"]), sum(1 for v in thumbs.values() if v), 0, {}, 0)
     first = details[0]
-    summary.missing_images = sum(1 for d in first.prompts for image in d.images if image.problem)
+    summary = ReportSummary(out, len(data["prompts"]), sum(1 for v in thumbs.values() if v), 0, {}, 0)
+    # As the page counts them: no image, or a file that cannot be read (run A).
+    summary.missing_images = sum(
+        1 for p in data["prompts"] for image in p["runs"][0]["images"] if image["problem"]
+    )
     summary.invalidated = {
         p: sum(s.count(INVALIDATED) for d in first.prompts for s in image_states(d, p)) for p in PROTOCOLS
     }
