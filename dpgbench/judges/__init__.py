@@ -38,4 +38,9 @@ JUDGES: dict[str, Entry] = {
         "mplug",
         "mPLUG-large VQA via modelscope (the DPG-Bench reference), batched",
     ),
+    "hf-vqa": Entry(
+        "dpgbench.judges.hf_vqa:HfVqaJudge",
+        "generate",
+        "transformers BLIP VQA or image-text-to-text VLM asked yes/no, with P(yes)",
+    ),
 }
