@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -241,8 +242,11 @@ class ELLA(ModelMixin, ConfigMixin):
         text_features: torch.Tensor,
         timesteps: torch.Tensor | float | int,
         text_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return self.encode(text_features, timesteps, text_mask)[0]
+        return_pooled: bool = False,
+    ) -> Any:
+        """The UNet tokens; with `return_pooled`, the `encode` pair (what training through DDP needs)."""
+        tokens, pooled = self.encode(text_features, timesteps, text_mask)
+        return (tokens, pooled) if return_pooled else tokens
 
     @contextmanager
     def capture_attention(self) -> Iterator[AttentionCapture]:
