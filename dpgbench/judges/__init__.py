@@ -43,4 +43,9 @@ JUDGES: dict[str, Entry] = {
         "generate",
         "transformers BLIP VQA or image-text-to-text VLM asked yes/no, with P(yes)",
     ),
+    "openai-vlm": Entry(
+        "dpgbench.judges.openai_vlm:OpenAIVlmJudge",
+        "generate",
+        "OpenAI-compatible chat API with image input (GPT-4o, vLLM server), yes/no",
+    ),
 }
