@@ -98,7 +98,7 @@ def load_strict(
     if problems:
         raise CheckpointError(
             f"{source} does not match {type(model).__name__}: {'; '.join(problems)}. "
-            f"Check that the file is a {type(model).__name__} checkpoint, or pass its config (a folder with config.json)"
+            f"Check that the file holds {type(model).__name__} weights, or pass its config (a folder with config.json)"
         )
     model.load_state_dict(state_dict, strict=True, assign=assign)
 
@@ -112,11 +112,14 @@ def _converted(state_dict: Mapping[str, torch.Tensor], device, dtype: torch.dtyp
 
 
 def infer_ella_config(state_dict: Mapping[str, torch.Tensor], heads: int = 8) -> dict[str, Any] | None:
-    """ELLA config read off tensor shapes (heads cannot be, so it is given); None if keys are not ELLA's."""
-    try:
-        time_weight = state_dict["time_embedding.linear_1.weight"]
-        latents = state_dict["connector.latents"]
-    except KeyError:
+    """ELLA config read off tensor shapes (heads cannot be, so it is given); None if keys are not ELLA's.
+
+    Tolerates a few missing tensors so that the strict load can then name them precisely.
+    """
+    time_weight = state_dict.get("time_embedding.linear_1.weight")
+    latents = state_dict.get("connector.latents")
+    time_aware = state_dict.get("connector.time_aware_linear.weight")
+    if time_weight is None or (latents is None and time_aware is None):
         return None
     layers = {k.split(".")[2] for k in state_dict if k.startswith("connector.perceiver_blocks.")}
     proj_in = state_dict.get("connector.proj_in.weight")
@@ -125,8 +128,8 @@ def infer_ella_config(state_dict: Mapping[str, torch.Tensor], heads: int = 8) ->
     return {
         "time_channel": time_weight.shape[1],
         "time_embed_dim": time_weight.shape[0],
-        "width": latents.shape[1],
-        "num_latents": latents.shape[0],
+        "width": latents.shape[1] if latents is not None else time_aware.shape[0],  # type: ignore[union-attr]
+        "num_latents": latents.shape[0] if latents is not None else 64,
         "layers": len(layers),
         "heads": heads,
         "input_dim": None if proj_in is None else proj_in.shape[1],

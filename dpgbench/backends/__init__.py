@@ -71,4 +71,19 @@ BACKENDS: dict[str, Entry] = {
         "generate",
         "OpenAI-compatible image API (dall-e-3, gpt-image-1, or base_url=...): retries, cost accounting",
     ),
+    "ella-sd15": Entry(
+        "dpgbench.backends.ella:EllaSD15Backend",
+        "generate",
+        "ELLA on SD 1.5 (QQGYLab/ELLA TSC + google/flan-t5-xl), DPM-Solver++, 50 steps, cfg 12",
+    ),
+    "ella-sdxl": Entry(
+        "dpgbench.backends.ella:EllaSDXLBackend",
+        "generate",
+        "ELLA-SDXL on SDXL base 1.0 from your own TSC (checkpoint=...; none was released)",
+    ),
+    "llm4gen-sd15": Entry(
+        "dpgbench.backends.llm4gen:LLM4GENBackend",
+        "generate",
+        "LLM4GEN on SD 1.5 (Shui-VL/LLM4GEN-models UNet + CAM, RankGen-T5-XL), 50 steps, cfg 7.5",
+    ),
 }
