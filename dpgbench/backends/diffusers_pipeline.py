@@ -252,7 +252,10 @@ class DiffusersBackend:
             "local_fingerprint": folder_fingerprint(self.folder) if self.commit == "local" else None,
             "pipeline": type(pipe).__name__,
             "components": {
-                name: type(module).__name__ for name, module in pipe.components.items() if module is not None
+                # _orig_mod: the class under a torch.compile wrapper
+                name: type(getattr(module, "_orig_mod", module)).__name__
+                for name, module in pipe.components.items()
+                if module is not None
             },
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": self.device,
@@ -392,7 +395,10 @@ def pipeline_defaults(pipe: Any) -> dict[str, Any]:
 
 def native_size(pipe: Any) -> int | None:
     """Image side the pipeline uses when width/height are None: sample_size x VAE scale factor."""
-    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    # `is None`, not `or`: a torch.compile'd module refuses truth tests.
+    denoiser = getattr(pipe, "unet", None)
+    if denoiser is None:
+        denoiser = getattr(pipe, "transformer", None)
     sample = getattr(getattr(denoiser, "config", None), "sample_size", None)
     scale = getattr(pipe, "vae_scale_factor", None)
     if isinstance(sample, int) and isinstance(scale, int):
