@@ -396,6 +396,7 @@ def demo_cmd(
 COMMAND_MODULES: tuple[str, ...] = (
     "dpgbench.cli_report",
     "dpgbench.cli_build",
+    "dpgbench.cli_ella",
 )
 
 

@@ -1,0 +1,182 @@
+"""The `dpgbench ella` commands: tools around the ELLA model package (`ella/`).
+
+`ella attention` draws the paper's Figure 8 for a prompt and a TSC checkpoint. Thin shells over
+`ella.attention`; torch, transformers and matplotlib are imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from dpgbench.errors import DpgBenchError
+from dpgbench.terminal import err_console
+
+if TYPE_CHECKING:
+    from ella import ELLA
+    from ella.text_encoder import T5TextEmbedder
+
+ella_app = typer.Typer(help="ELLA's Timestep-Aware Semantic Connector: look inside it.", no_args_is_help=True)
+
+# The same defaults as `ella.checkpoint` / `ella.text_encoder` / `ella.attention` (a test checks they agree);
+# spelled out here so that `dpgbench --help` does not import torch.
+ELLA_REPO = "QQGYLab/ELLA"
+ELLA_SD15_FILE = "ella-sd1.5-tsc-t5xl.safetensors"
+FLAN_T5_XL = "google/flan-t5-xl"
+DEFAULT_TIMESTEPS = "999,800,600,400,200,1"
+NUM_TRAIN_TIMESTEPS = 1000  # Stable Diffusion's schedule: timesteps 0..999
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def parse_timesteps(text: str) -> list[int]:
+    """'999,800,1' -> [999, 800, 1]; one line naming the bad item otherwise."""
+    steps = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item.isdigit() or int(item) >= NUM_TRAIN_TIMESTEPS:
+            raise DpgBenchError(
+                f"--timesteps {text}: '{item}' is not a timestep; give integers 0..{NUM_TRAIN_TIMESTEPS - 1} "
+                "separated by commas, e.g. 999,800,600,400,200,1"
+            )
+        steps.append(int(item))
+    return steps
+
+
+def parse_block(text: str) -> int | str:
+    if text in ("last", "mean"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise DpgBenchError(f"--block {text}: use last, mean, or a block index (0 = first)") from None
+
+
+def parse_text_length(text: str) -> int | None:
+    if text.lower() == "none":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise DpgBenchError(f"--text-length {text}: use 128 (as released) or none (as long as the prompt)")
+    return int(text)
+
+
+def load_models(
+    checkpoint: str,
+    checkpoint_file: str,
+    revision: str,
+    heads: int,
+    t5: str,
+    t5_revision: str,
+    text_length: int | None,
+    device: str | None,
+) -> tuple[ELLA, T5TextEmbedder]:
+    """The TSC (strict keys) and the T5 encoder, with one-line errors naming the option to fix."""
+    from ella import CheckpointError, load_tsc
+    from ella.text_encoder import T5TextEmbedder, default_device, default_dtype
+
+    target = default_device() if device is None else device
+    dtype = default_dtype(target)
+    try:
+        tsc = load_tsc(
+            checkpoint, checkpoint_file, heads=heads, revision=revision, device=target, dtype=dtype
+        )
+    except CheckpointError as exc:
+        raise DpgBenchError(f"--checkpoint: {exc}") from exc
+    except RuntimeError as exc:  # e.g. heads that do not divide the width: torch refuses to build the model
+        raise DpgBenchError(f"--checkpoint {checkpoint} with --heads {heads}: {exc}".splitlines()[0]) from exc
+    try:
+        embedder = T5TextEmbedder.from_pretrained(
+            t5, max_length=text_length, device=target, dtype=dtype, revision=t5_revision
+        )
+    except (OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DpgBenchError(
+            f"--t5 {t5}: cannot load the T5 encoder ({reason}); download it and pass the folder"
+        ) from exc
+    return tsc, embedder
+
+
+# ------------------------------------------------------------------------------------------- attention
+
+
+@ella_app.command("attention")
+def attention_cmd(
+    prompt: Annotated[str, typer.Argument(help="the prompt, quoted")],
+    checkpoint: Annotated[
+        str,
+        typer.Option(help="TSC: hub repo id (with --checkpoint-file), a .safetensors/.pth file, or a folder"),
+    ] = ELLA_REPO,
+    checkpoint_file: Annotated[str, typer.Option(help="file inside the hub repo")] = ELLA_SD15_FILE,
+    checkpoint_revision: Annotated[str, typer.Option(help="hub branch, tag or commit of the TSC")] = "main",
+    heads: Annotated[int, typer.Option(help="TSC attention heads (single files do not record it)")] = 8,
+    t5: Annotated[
+        str, typer.Option(help="T5 encoder: hub id or local folder (weights + tokenizer)")
+    ] = FLAN_T5_XL,
+    t5_revision: Annotated[str, typer.Option(help="hub branch, tag or commit of the T5")] = "main",
+    text_length: Annotated[
+        str,
+        typer.Option(help="T5 tokens: 128 as the released TSC was trained, or none = the prompt's length"),
+    ] = "128",
+    timesteps: Annotated[
+        str, typer.Option(help="comma-separated, one heatmap row each (0..999, high noise first)")
+    ] = DEFAULT_TIMESTEPS,
+    block: Annotated[
+        str, typer.Option(help="whose attention: last, mean (over blocks), or an index")
+    ] = "last",
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available)")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="heatmap (.png, .pdf or .svg); the CSV goes beside it")
+    ] = Path("ella-attention.png"),
+) -> None:
+    """Attention of the TSC's queries to each prompt word across timesteps (ELLA paper, Figure 8).
+
+    Runs only the TSC (no UNet): T5 once, then the TSC at every timestep. Attention is summed over queries and heads, subword pieces are merged into words, and each word is divided by its maximum over the timesteps, so every column of the heatmap peaks at 1.
+    """
+    # 1. Check every option before loading anything large.
+    steps = parse_timesteps(timesteps)
+    which = parse_block(block)
+    length = parse_text_length(text_length)
+    if out.suffix.lower() not in FIGURE_SUFFIXES:
+        raise DpgBenchError(
+            f"-o {out}: the heatmap is written by suffix; use one of {', '.join(FIGURE_SUFFIXES)}"
+        )
+    if not prompt.strip():
+        raise DpgBenchError("PROMPT is empty: pass the prompt in quotes")
+    # 2. Models, then the attention (one-line errors for a block out of range or a mismatched T5).
+    from ella import CheckpointError
+    from ella.attention import attention_over_timesteps, resolve_block, save_heatmap, write_csv
+
+    err_console.print(f"loading the TSC ({checkpoint}) and T5 ({t5})", highlight=False)
+    tsc, embedder = load_models(
+        checkpoint, checkpoint_file, checkpoint_revision, heads, t5, t5_revision, length, device
+    )
+    try:
+        resolve_block(which, len(tsc.connector.perceiver_blocks))
+    except ValueError as exc:
+        raise DpgBenchError(f"--block {block}: {exc}") from exc
+    try:
+        result = attention_over_timesteps(tsc, embedder, prompt, steps, which)
+    except CheckpointError as exc:  # the T5 width does not fit the TSC
+        raise DpgBenchError(f"--t5 {t5}: {exc}") from exc
+    if result.truncated:
+        err_console.print(
+            f"[yellow]warning[/]: the prompt is longer than {length} T5 tokens; the TSC sees (and the "
+            "figure shows) only the first ones. --text-length none shows all of it",
+            highlight=False,
+        )
+    # 3. Heatmap and its numbers.
+    save_heatmap(result, out)
+    table = write_csv(result, out.with_suffix(".csv"))
+    err_console.print(
+        f"wrote {out} and {table}: {len(result.timesteps)} timesteps x {len(result.words)} words, {result.block}",
+        highlight=False,
+    )
+
+
+# ------------------------------------------------------------------------------------------- train
+# `dpgbench ella train` (owner: the ella engineer, issue 4) goes here as `train_cmd`, registered below.
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(ella_app, name="ella")
