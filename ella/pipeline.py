@@ -17,8 +17,6 @@ from ella.model import ELLA
 from ella.text_encoder import T5TextEmbedder, TextFeatures, pad_features
 from ella.unet_proxy import ELLAProxyUNet
 
-SD15_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-
 
 def load_pipeline(
     base: str | Path,
