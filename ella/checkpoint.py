@@ -162,8 +162,10 @@ def load_tsc(
     try:
         with torch.device("meta"):
             model = ELLA(**config)
-    except TypeError as exc:
-        raise CheckpointError(f"{path}: config does not fit ELLA ({exc})") from exc
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: cannot build ELLA from its config ({exc}); check heads (8 when released)"
+        ) from exc
     load_strict(model, _converted(state_dict, device, dtype), path, assign=True)
     return model.eval()
 
@@ -188,8 +190,11 @@ def load_llm4gen_adapter(
         config.update(clip_dim=llm_proj.shape[0], llm_dim=llm_proj.shape[1], depth=len(blocks))
         if ffn is not None:
             config["mlp_ratio"] = ffn.shape[0] // llm_proj.shape[0]
-    with torch.device("meta"):
-        model = LLM4GENAdapter(**config)
+    try:
+        with torch.device("meta"):
+            model = LLM4GENAdapter(**config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot build the CAM ({exc}); check heads (8 when released)") from exc
     load_strict(model, _converted(state_dict, device, dtype), path, assign=True)
     return model.eval()
 

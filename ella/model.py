@@ -184,6 +184,8 @@ class ELLA(ModelMixin, ConfigMixin):
         pooled_dim: int | None = None,
     ):
         super().__init__()
+        if width % heads:
+            raise ValueError(f"TSC width {width} is not divisible by heads={heads}")
         self.time_embedding = TimestepEmbedding(time_channel, time_embed_dim, act_fn=act_fn)
         self.connector = PerceiverConnector(
             width, layers, heads, num_latents, input_dim, time_embed_dim, output_dim

@@ -240,6 +240,12 @@ def test_wrong_shape_against_released_default(tmp_path):
         load_tsc(tmp_path / "odd.safetensors")
 
 
+def test_heads_that_do_not_divide_the_width(tiny_tsc, tmp_path):
+    save_file(tiny_tsc.state_dict(), tmp_path / "tsc.safetensors")
+    with pytest.raises(CheckpointError, match=r"TSC width 32 is not divisible by heads=5\); check heads"):
+        load_tsc(tmp_path / "tsc.safetensors", heads=5)
+
+
 def test_missing_file_is_one_clear_line(tmp_path):
     with pytest.raises(CheckpointError, match="not found: give a .safetensors/.pth file or a folder"):
         load_tsc(tmp_path / "nope.safetensors")
