@@ -369,6 +369,12 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     if accelerator.is_main_process:
         accelerator.unwrap_model(tsc).save_pretrained(final)
     accelerator.end_training()
+    # accelerate keeps the mixed-precision setting in a process-wide singleton that refuses another value;
+    # forget it (not the process group) so a later train() in this process may use another precision.
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     return final
 
 

@@ -167,6 +167,24 @@ def test_sdxl_trains_the_pooled_head(tiny_sdxl_dir, tiny_t5_dir, pairs_dir, tmp_
     assert not torch.equal(start["pooled_proj.1.weight"], tsc.state_dict()["pooled_proj.1.weight"])
 
 
+def test_mixed_precision_accumulation_and_checkpointing_options(
+    tiny_sd15_dir, tiny_t5_dir, pairs_dir, tmp_path
+):
+    """bf16 autocast (CPU has it), 2 micro-steps per update, UNet activation checkpointing; then fp32 again."""
+    options = dict(max_steps=2, batch_size=2, gradient_accumulation_steps=2, gradient_checkpointing=True)
+    train(
+        config_for(
+            tiny_sd15_dir, tiny_t5_dir, pairs_dir, tmp_path / "bf16", mixed_precision="bf16", **options
+        )
+    )
+    log = [json.loads(x) for x in (tmp_path / "bf16" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2]
+    assert ELLA.from_pretrained(tmp_path / "bf16" / "tsc").dtype == torch.float32  # master weights stay fp32
+    train(config_for(tiny_sd15_dir, tiny_t5_dir, pairs_dir, tmp_path / "fp32", max_steps=1))
+    with pytest.raises(TrainDataError, match="--mixed-precision fp8: use no, fp16 or bf16"):
+        train(config_for(tiny_sd15_dir, tiny_t5_dir, pairs_dir, tmp_path / "x", mixed_precision="fp8"))
+
+
 def test_folder_and_jsonl_give_the_same_pairs(pairs_dir, tmp_path):
     from_folder = read_pairs(pairs_dir)
     assert len(from_folder) == 8 and from_folder[0].caption == "a red box on the left"
