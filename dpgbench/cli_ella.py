@@ -83,8 +83,6 @@ def load_models(
         )
     except CheckpointError as exc:
         raise DpgBenchError(f"--checkpoint: {exc}") from exc
-    except RuntimeError as exc:  # e.g. heads that do not divide the width: torch refuses to build the model
-        raise DpgBenchError(f"--checkpoint {checkpoint} with --heads {heads}: {exc}".splitlines()[0]) from exc
     try:
         embedder = T5TextEmbedder.from_pretrained(
             t5, max_length=text_length, device=target, dtype=dtype, revision=t5_revision
