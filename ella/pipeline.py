@@ -81,7 +81,7 @@ def pipeline_inputs(
     For SDXL, zero pooled embeddings stand in for CLIP's: the proxy replaces them with the TSC's
     timestep-aware pooled output at every step.
     """
-    proxy = pipe.unet
+    proxy = getattr(pipe.unet, "_orig_mod", pipe.unet)  # under torch.compile, the wrapped module
     if not isinstance(proxy, ELLAProxyUNet):
         raise ValueError("the pipeline has no TSC attached: call ella.pipeline.attach(pipe, tsc) first")
     prompt, negative = pad_features([prompt, negative])
