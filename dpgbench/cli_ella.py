@@ -149,10 +149,13 @@ def attention_cmd(
     tsc, embedder = load_models(
         checkpoint, checkpoint_file, checkpoint_revision, heads, t5, t5_revision, length, device
     )
+    num_blocks = len(tsc.connector.perceiver_blocks)
     try:
-        resolve_block(which, len(tsc.connector.perceiver_blocks))
-    except ValueError as exc:
-        raise DpgBenchError(f"--block {block}: {exc}") from exc
+        resolve_block(which, num_blocks)
+    except ValueError:
+        raise DpgBenchError(
+            f"--block {block}: this TSC has {num_blocks} blocks; use 0..{num_blocks - 1}, last or mean"
+        ) from None
     try:
         result = attention_over_timesteps(tsc, embedder, prompt, steps, which)
     except CheckpointError as exc:  # the T5 width does not fit the TSC

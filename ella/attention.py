@@ -89,7 +89,13 @@ def word_labels(prompt: str, pieces: Sequence[str], groups: Sequence[Sequence[in
     words = prompt.split()
     if len(words) == len(groups):
         return words
-    return [tokenizer.convert_tokens_to_string([pieces[i] for i in group]).strip() for group in groups]
+    labels = []
+    for group in groups:
+        spelled = [pieces[i] for i in group]
+        # A lone '▁' (its word cut off by truncation) decodes to nothing: show the piece itself. A copy
+        # goes to the tokenizer: T5Tokenizer.convert_tokens_to_string strips the first piece in place.
+        labels.append(tokenizer.convert_tokens_to_string(list(spelled)).strip() or "".join(spelled))
+    return labels
 
 
 def normalise_over_timesteps(mass: torch.Tensor) -> torch.Tensor:

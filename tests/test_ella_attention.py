@@ -203,6 +203,9 @@ def test_truncated_prompt_is_flagged_and_labelled_from_pieces(tsc, tiny_t5_dir):
     cut = attention_over_timesteps(tsc, short, PROMPT, STEPS)
     # 6 tokens = 5 pieces + </s>: "▁a" "▁re" "d" "▁" "z" -> the TSC only saw "a", "red" and "z".
     assert cut.truncated and cut.words == ["a", "red", "z"] and cut.scores.shape == (3, 3)
+    # Cut right after a bare "▁": the piece itself labels the column rather than an empty string.
+    shorter = T5TextEmbedder.from_pretrained(tiny_t5_dir, device="cpu", max_length=5)
+    assert attention_over_timesteps(tsc, shorter, PROMPT, STEPS).words == ["a", "red", "▁"]
 
 
 def test_text_width_must_fit_the_tsc(embedder):
@@ -326,7 +329,7 @@ def test_command_errors_are_one_line_with_the_fix(tsc_files, tiny_t5_dir, tmp_pa
         (["-o", str(tmp_path / "f.jpg")], f"-o {tmp_path / 'f.jpg'}: the heatmap is written by suffix;"),
         (
             ["--checkpoint", folder, "--t5", t5, "--block", "5", "-o", png],
-            "--block 5: block 5: this TSC has 3 blocks, use 0..2, last or mean",
+            "--block 5: this TSC has 3 blocks; use 0..2, last or mean",
         ),
         (
             ["--checkpoint", file, "--heads", "3", "--t5", t5, "-o", png],
