@@ -176,7 +176,7 @@ def attention_cmd(
 
 
 # ------------------------------------------------------------------------------------------- train
-# `dpgbench ella train` (owner: the ella engineer, issue 4) goes here as `train_cmd`, registered below.
+# `dpgbench ella train` (owner: the ella engineer, issue 4) goes here: `@ella_app.command("train")`.
 
 
 def register(app: typer.Typer) -> None:

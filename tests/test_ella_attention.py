@@ -354,6 +354,8 @@ def test_command_errors_are_one_line_with_the_fix(tsc_files, tiny_t5_dir, tmp_pa
         assert outcome.exit_code == 1 and isinstance(outcome.exception, DpgBenchError), (args, outcome.output)
         assert str(outcome.exception).startswith(message), (args, str(outcome.exception))
         assert "\n" not in str(outcome.exception)
+    outcome = CliRunner().invoke(app, ["ella", "attention", "  ", "-o", png])
+    assert outcome.exit_code == 1 and str(outcome.exception) == "PROMPT is empty: pass the prompt in quotes"
     assert not (tmp_path / "f.png").exists()
     # A T5 whose width does not fit the TSC: named, with the fix.
     narrow = tmp_path / "narrow"
