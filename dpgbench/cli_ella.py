@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -141,6 +142,9 @@ def attention_cmd(
         )
     if not prompt.strip():
         raise DpgBenchError("PROMPT is empty: pass the prompt in quotes")
+    for module, extra in (("torch", "generate"), ("transformers", "generate"), ("matplotlib", "report")):
+        if importlib.util.find_spec(module) is None:
+            raise DpgBenchError(f"`dpgbench ella attention` needs {module}: pip install 'dpgbench[{extra}]'")
     # 2. Models, then the attention (one-line errors for a block out of range or a mismatched T5).
     from ella import CheckpointError
     from ella.attention import attention_over_timesteps, resolve_block, save_heatmap, write_csv

@@ -367,6 +367,20 @@ def test_command_errors_are_one_line_with_the_fix(tsc_files, tiny_t5_dir, tmp_pa
     )
 
 
+def test_missing_matplotlib_is_named_with_the_extra(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a)
+    )
+    outcome = run([PROMPT, "-o", str(tmp_path / "f.png")])
+    assert outcome.exit_code == 1
+    assert (
+        str(outcome.exception) == "`dpgbench ella attention` needs matplotlib: pip install 'dpgbench[report]'"
+    )
+
+
 def test_cli_defaults_agree_with_the_ella_package():
     from ella.checkpoint import ELLA_REPO, ELLA_SD15_FILE
     from ella.text_encoder import FLAN_T5_XL
