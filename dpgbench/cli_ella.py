@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -19,7 +21,9 @@ if TYPE_CHECKING:
     from ella import ELLA
     from ella.text_encoder import T5TextEmbedder
 
-ella_app = typer.Typer(help="ELLA's Timestep-Aware Semantic Connector: look inside it.", no_args_is_help=True)
+ella_app = typer.Typer(
+    help="ELLA's Timestep-Aware Semantic Connector: train it, look inside it.", no_args_is_help=True
+)
 
 # The same defaults as `ella.checkpoint` / `ella.text_encoder` / `ella.attention` (a test checks they agree);
 # spelled out here so that `dpgbench --help` does not import torch.
@@ -180,7 +184,67 @@ def attention_cmd(
 
 
 # ------------------------------------------------------------------------------------------- train
-# `dpgbench ella train` (owner: the ella engineer, issue 4) goes here: `@ella_app.command("train")`.
+
+
+def parse_train_flags(args: list[str]) -> dict[str, str]:
+    """['--max-steps', '10', '--resume=latest'] -> {'max_steps': '10', 'resume': 'latest'}."""
+    pairs: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        flag = args[i]
+        if not flag.startswith("--"):
+            raise DpgBenchError(f"ella train: '{flag}' is not an option; write options as --name value")
+        name, sep, value = flag[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise DpgBenchError(f"ella train: --{name} needs a value, e.g. --{name} VALUE")
+            value = args[i + 1]
+            i += 1
+        pairs[name.replace("-", "_")] = value
+        i += 1
+    return pairs
+
+
+@ella_app.command(
+    "train",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def train_cmd(ctx: typer.Context) -> None:
+    """Train an ELLA TSC (frozen UNet, VAE, T5). Options: those of `python -m ella.train --help`
+    (required: --base, --data, --output-dir); several GPUs: `accelerate launch -m ella.train ...`."""
+    if not ctx.args or ctx.args[0] in ("--help", "-h"):
+        from ella.train import parser
+
+        parser().print_help()
+        return
+    from dpgbench import registry
+
+    try:
+        from ella.train import TrainConfig, train
+    except ImportError as exc:
+        raise DpgBenchError(f"ella train needs {exc.name}: pip install 'dpgbench[generate]'") from None
+    values = parse_train_flags(list(ctx.args))
+    missing = [name for name in ("base", "data", "output_dir") if name not in values]
+    if missing:
+        flags = ", ".join("--" + m.replace("_", "-") for m in missing)
+        raise DpgBenchError(f"ella train: {flags} required (see `dpgbench ella train --help`)")
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    for name in values:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" Did you mean --{close[0].replace('_', '-')}?" if close else ""
+            flag = name.replace("_", "-")
+            raise DpgBenchError(f"ella train has no option --{flag}.{hint} See `dpgbench ella train --help`")
+    config = registry.parse_config(TrainConfig, values, kind="ella train", name="train")
+    from dpgbench.terminal import progress_bar
+
+    with progress_bar("train TSC", config.max_steps, "steps") as advance:
+        try:
+            final = train(config, on_step=lambda step, loss: advance(1))
+        except ValueError as exc:  # TrainDataError, CheckpointError: one line with the fix
+            raise DpgBenchError(str(exc)) from None
+    err_console.print(f"saved {final}; the step log is in {Path(config.output_dir) / 'train_log.jsonl'}")
 
 
 def register(app: typer.Typer) -> None:

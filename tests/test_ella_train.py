@@ -246,3 +246,38 @@ def test_command_line(tiny_sd15_dir, tiny_t5_dir, pairs_dir, tmp_path, capsys):
     assert main([*args, *tiny, "--resolution", "32", "--batch-size", "8", "--max-steps", "1"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("step 1: loss ") and out.strip().endswith(str(tmp_path / "cli" / "tsc"))
+
+
+def test_dpgbench_ella_train_command(tiny_sd15_dir, tiny_t5_dir, pairs_dir, tmp_path, capsys):
+    """`dpgbench ella train` takes the same flags, trains one step and saves the TSC; bad flags are one line."""
+    from dpgbench.cli import main as dpgbench_main
+
+    def run(args):
+        try:
+            dpgbench_main(["ella", "train", *args])
+        except SystemExit as exc:
+            return int(exc.code or 0), capsys.readouterr().err
+        return 0, capsys.readouterr().err
+
+    base = ["--base", str(tiny_sd15_dir), "--data", str(pairs_dir), "--output-dir", str(tmp_path / "cmd")]
+    tiny = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_TSC.items()]
+    code, err = run(
+        [
+            *base,
+            "--text-encoder",
+            str(tiny_t5_dir),
+            *tiny,
+            "--resolution",
+            "32",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "1",
+        ]
+    )
+    assert code == 0, err
+    assert (tmp_path / "cmd" / "tsc").is_dir() and "saved" in err
+    code, err = run([*base, "--max-stpes", "1"])
+    assert code == 1 and "Did you mean --max-steps?" in err and err.count("\n") == 1
+    code, err = run(["--base", "x"])
+    assert code == 1 and "--data, --output-dir required" in err
