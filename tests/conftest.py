@@ -57,6 +57,20 @@ def tiny_pixart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny.save_tiny_pixart(tmp_path_factory.mktemp("pixart"))
 
 
+@pytest.fixture(scope="session")
+def tiny_pixart_sigma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import tiny
+
+    return tiny.save_tiny_pixart_sigma(tmp_path_factory.mktemp("pixart_sigma"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import tiny
+
+    return tiny.save_tiny_sd3(tmp_path_factory.mktemp("sd3"))
+
+
 # --------------------------------------------------------------------------------------------------
 # Core (owner: core toolkit, issue 2): the shared data folder beside the checkout.
 

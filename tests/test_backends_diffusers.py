@@ -125,6 +125,29 @@ def test_generic_backend_uses_pipeline_defaults_and_options(tiny_sd15_dir):
     assert [sha(image) for image in backend.generate("a cat", [44])] == [four[3]]
 
 
+@pytest.mark.parametrize(
+    ("fixture", "pipeline", "extra"),
+    [
+        ("tiny_sd3_dir", "StableDiffusion3Pipeline", {}),
+        (
+            "tiny_pixart_sigma_dir",
+            "PixArtSigmaPipeline",
+            {"call_args": '{"use_resolution_binning": false, "clean_caption": false}'},
+        ),
+    ],
+)
+def test_generic_backend_runs_other_pipelines(fixture, pipeline, extra, request):
+    folder = request.getfixturevalue(fixture)
+    backend = registry.create(BACKENDS, "diffusers", "backend", {"model": str(folder), "steps": "2"} | extra)
+    full = [sha(image) for image in backend.generate("a red cat", SEEDS)]
+    assert len(set(full)) == 4
+    assert [sha(image) for image in backend.generate("a red cat", [33, 11])] == [full[2], full[0]]
+    info = backend.info()
+    assert (info["pipeline"], info["steps"], info["width"]) == (pipeline, 2, 64)
+    if extra:
+        assert info["call_args"] == {"use_resolution_binning": False, "clean_caption": False}
+
+
 def test_negative_prompt_changes_pixels(tiny_sd15_dir):
     plain = registry.create(BACKENDS, "sd15", "backend", {"model": str(tiny_sd15_dir)} | TINY)
     negative = registry.create(

@@ -63,6 +63,13 @@ PIPELINES = {
     "tiny_sd15_dir": ("StableDiffusionPipeline", "PNDMScheduler", "unet", {}),
     "tiny_sd21_dir": ("StableDiffusionPipeline", "DDIMScheduler", "unet", {}),
     "tiny_sdxl_dir": ("StableDiffusionXLPipeline", "EulerDiscreteScheduler", "unet", {}),
+    "tiny_sd3_dir": ("StableDiffusion3Pipeline", "FlowMatchEulerDiscreteScheduler", "transformer", {}),
+    "tiny_pixart_sigma_dir": (
+        "PixArtSigmaPipeline",
+        "DPMSolverMultistepScheduler",
+        "transformer",
+        {"use_resolution_binning": False},
+    ),
     "tiny_pixart_dir": (
         "PixArtAlphaPipeline",
         "DPMSolverMultistepScheduler",
@@ -99,8 +106,10 @@ def test_tiny_pipeline_reloads_and_generates_fast_and_deterministically(fixture,
     first, images = four_images()  # the first call also pays one-off kernel set-up
     assert [image.size for image in images] == [(64, 64)] * 4
     assert len(set(first)) == 4  # different seeds, different pictures
-    start = time.perf_counter()
-    assert four_images()[0] == first  # same seeds, same bytes
-    elapsed = time.perf_counter() - start
-    # ~0.05 s on an idle 2-core machine; the bound leaves room for a machine shared with other jobs.
-    assert elapsed < 5.0, f"4 tiny images took {elapsed:.2f}s"
+    timings = []
+    for _ in range(3):  # best of three: robust to a machine shared with other jobs
+        start = time.perf_counter()
+        assert four_images()[0] == first  # same seeds, same bytes
+        timings.append(time.perf_counter() - start)
+    # ~0.05 s on an idle 2-core machine.
+    assert min(timings) < 2.0, f"4 tiny images took {min(timings):.2f}s at best"

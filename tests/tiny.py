@@ -194,7 +194,7 @@ def save_tiny_t5(directory: str | Path, d_model: int = 32) -> Path:
 # (64x64 images -> 8x8 latents), which keeps the UNet/transformer cost tiny.
 
 
-def tiny_vae(scaling_factor: float = 0.18215):
+def tiny_vae(scaling_factor: float = 0.18215, shift_factor: float | None = None):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
@@ -209,6 +209,7 @@ def tiny_vae(scaling_factor: float = 0.18215):
         norm_num_groups=4,
         sample_size=64,
         scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
     ).eval()
 
 
@@ -315,12 +316,9 @@ def save_tiny_sdxl(directory: str | Path) -> Path:
     return Path(directory)
 
 
-def save_tiny_pixart(directory: str | Path) -> Path:
-    """PixArt-α: T5 encoder (d_model 32 = caption_channels) + a 2-layer DiT at sample_size 8.
-
-    The real 1024/512 models have sample_size 128/64; at 8 the pipeline needs use_resolution_binning=False.
-    """
-    from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+def _tiny_pixart_parts() -> dict:
+    """Components shared by PixArt-α and PixArt-Σ: T5 (d_model 32 = caption_channels) + a 2-layer DiT."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtTransformer2DModel
 
     tokenizer = _load_t5_tokenizer()
     torch.manual_seed(0)
@@ -341,12 +339,69 @@ def save_tiny_pixart(directory: str | Path) -> Path:
         norm_elementwise_affine=False,
         norm_eps=1e-6,
     ).eval()
-    pipe = PixArtAlphaPipeline(
+    return dict(
         tokenizer=tokenizer,
         text_encoder=tiny_t5_encoder(d_model=32, vocab_size=len(tokenizer)),
         vae=tiny_vae(),
         transformer=transformer,
         scheduler=DPMSolverMultistepScheduler(),
+    )
+
+
+def save_tiny_pixart(directory: str | Path) -> Path:
+    """PixArt-α at sample_size 8 (the real 1024/512 models have 128/64).
+
+    At this size the pipeline needs use_resolution_binning=False; clean_caption=False unless
+    beautifulsoup4 and ftfy are installed.
+    """
+    from diffusers import PixArtAlphaPipeline
+
+    PixArtAlphaPipeline(**_tiny_pixart_parts()).save_pretrained(directory)
+    return Path(directory)
+
+
+def save_tiny_pixart_sigma(directory: str | Path) -> Path:
+    """PixArt-Σ: the same tiny parts under PixArtSigmaPipeline (300-token prompts by default)."""
+    from diffusers import PixArtSigmaPipeline
+
+    PixArtSigmaPipeline(**_tiny_pixart_parts()).save_pretrained(directory)
+    return Path(directory)
+
+
+def save_tiny_sd3(directory: str | Path) -> Path:
+    """SD3: an MMDiT over two CLIP encoders with projection (pooled 32 + 32) and a T5 (d_model 32).
+
+    The pipeline concatenates the CLIP hidden states (64 features) and pads/crops them to the T5 width,
+    so joint_attention_dim is the T5 d_model. Flow-matching Euler scheduler, VAE with shift_factor.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    clip = _load_clip_tokenizer()
+    t5 = _load_t5_tokenizer()
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        caption_projection_dim=16,
+        pooled_projection_dim=64,
+        out_channels=4,
+        pos_embed_max_size=16,
+    ).eval()
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=tiny_vae(scaling_factor=1.5305, shift_factor=0.0609),
+        text_encoder=tiny_clip_text_encoder(clip, projection=32),
+        tokenizer=clip,
+        text_encoder_2=tiny_clip_text_encoder(clip, projection=32),
+        tokenizer_2=clip,
+        text_encoder_3=tiny_t5_encoder(d_model=32, vocab_size=len(t5)),
+        tokenizer_3=t5,
     )
     pipe.save_pretrained(directory)
     return Path(directory)
