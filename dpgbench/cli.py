@@ -133,7 +133,14 @@ def run_generate(config: GenerateConfig, out: Path, shard_text: str | None) -> G
     write_manifest(paths, config, graphs.sha256, [p.item_id for p in chosen], backend.info())
     total = len(mine) * config.images_per_prompt
     with progress_bar(f"generate {config.backend}", total, "images") as advance:
-        summary = generate(paths, config, mine, backend, shard=shard, on_image=advance)
+        try:
+            summary = generate(paths, config, mine, backend, shard=shard, on_image=advance)
+        finally:
+            # API backends know their usage and cost only now; keep it with the run even after an error.
+            write_manifest(paths, config, graphs.sha256, [p.item_id for p in chosen], backend.info())
+    usage = backend.info().get("usage")
+    if usage:
+        console.print(f"backend usage: {usage}", highlight=False)
     console.print(
         f"{out}: {summary.done} image(s) made, {summary.skipped} already done, {len(summary.failed)} failed "
         f"in {summary.seconds:.1f} s"
@@ -361,7 +368,7 @@ def ls_cmd(
         raise DpgBenchError(f"unknown list '{what}'; use backends, judges, benchmarks or protocols")
     table_map, kind = tables[what]
     for name, entry in table_map.items():
-        extra = f" [dim](pip install 'dpgbench[{entry.extra}]')[/]" if entry.extra else ""
+        extra = f" [dim](pip install 'dpgbench\\[{entry.extra}]')[/]" if entry.extra else ""
         console.print(f"[bold]{name}[/]: {entry.summary}{extra}")
         if verbose:
             try:
@@ -373,12 +380,76 @@ def ls_cmd(
                 console.print(f"    {option} ({type_name}) = {default}  [dim]{help_text}[/]", highlight=False)
 
 
+@app.command("import-folder")
+def import_folder_cmd(
+    src: Annotated[Path, typer.Argument(help="folder of images made elsewhere")],
+    out: Annotated[Path, typer.Option(help="run folder to create or complete")],
+    prompts: Annotated[
+        str, typer.Option(help="benchmark name or path the images were made for")
+    ] = "dpg-bench",
+    grid_tile: Annotated[
+        int | None, typer.Option(help="official 2x2 grids <item_id>.png with tiles of this many pixels")
+    ] = None,
+    images_per_prompt: Annotated[int, typer.Option(help="images per prompt (per-image files)")] = 4,
+) -> None:
+    """Import images made elsewhere (<item_id>_<index>.png, or official 2x2 grids) into a run folder."""
+    from dpgbench.folders import import_folder
+
+    graphs = load_prompts(prompts)
+    report = import_folder(
+        src, graphs, out, grid_tile, images_per_prompt=images_per_prompt, prompts_spec=prompts
+    )
+    console.print(
+        f"{out}: {report.imported} image(s) imported, {report.unchanged} unchanged, "
+        f"{len(report.problems)} file problem(s), {len(report.missing)} image(s) missing"
+    )
+    warn_notes([f"{p.file}: {p.problem}" for p in report.problems], "file(s) could not be used", show=10)
+    warn_notes([f"{item}[{index}]" for item, index in report.missing], "image(s) missing", show=5)
+    if report.imported + report.unchanged:
+        console.print(f"next: dpgbench score {out} --judge mplug-large")
+
+
+@app.command("export-grids")
+def export_grids_cmd(
+    run: Annotated[Path, typer.Argument(help="run folder made by dpgbench")],
+    out: Annotated[Path, typer.Option(help="folder for <item_id>.png grids")],
+    tile: Annotated[int | None, typer.Option(help="resize each image to this size (default: keep)")] = None,
+) -> None:
+    """Write the official 2x2 grid layout, so upstream's compute_dpg_bench.py can score this run too."""
+    from dpgbench.folders import export_grids
+
+    report = export_grids(run, out, tile)
+    console.print(f"{out}: {report.written} grid(s) written, {len(report.skipped)} prompt(s) skipped")
+    warn_notes(
+        [f"{p.file}: {p.problem}" for p in report.skipped], "prompt(s) without four good images", show=5
+    )
+
+
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("results/demo"),
+    tiny_diffusers: Annotated[
+        bool,
+        typer.Option(
+            help="generate with a tiny random-weight SD 1.5 pipeline built on the spot (needs torch)"
+        ),
+    ] = False,
 ) -> None:
-    """Run the whole pipeline offline in seconds: dummy backend -> dummy judge -> tables."""
-    config = GenerateConfig("dummy", {}, "demo")
+    """Run the whole pipeline offline in seconds: dummy (or tiny diffusers) backend -> dummy judge -> tables."""
+    if tiny_diffusers:
+        model_dir = out.parent / f".{out.name}-tiny-sd15"
+        if not (model_dir / "model_index.json").exists():
+            try:
+                from dpgbench.tiny_models import save_tiny_sd15
+            except ImportError as exc:
+                raise DpgBenchError(
+                    f"--tiny-diffusers needs {exc.name}: pip install 'dpgbench[generate]'"
+                ) from None
+            save_tiny_sd15(model_dir)
+        args = {"model": str(model_dir), "steps": "2", "width": "64", "height": "64", "device": "cpu"}
+        config = GenerateConfig("sd15", args, "demo")
+    else:
+        config = GenerateConfig("dummy", {}, "demo")
     run_generate(config, out, None)
     graphs = load_prompts("demo")
     eval_config = EvaluateConfig("dummy", {}, "demo")

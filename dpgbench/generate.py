@@ -11,6 +11,7 @@ import io
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dpgbench.data import Prompt, write_atomic
@@ -20,6 +21,7 @@ from dpgbench.runs import JsonlLog, RunPaths, check_manifest, environment, read_
 if TYPE_CHECKING:
     from dpgbench.backends import Backend
 
+IMAGE_INFO_KEYS = ("revised_prompt", "cost_usd")
 SEED_RULE = "int.from_bytes(sha256(f'{seed}:{item_id}:{index}').digest()[:4], 'big')"
 
 
@@ -82,6 +84,14 @@ def finished_images(paths: RunPaths) -> dict[tuple[str, int], dict[str, Any]]:
     return latest
 
 
+def _intact(file: Path, record: dict[str, Any]) -> bool:
+    """The logged image is on disk with the logged bytes (PNGs are not fsynced one by one, so check)."""
+    try:
+        return sha256_bytes(file.read_bytes()) == record.get("sha256")
+    except OSError:
+        return False
+
+
 def _is_out_of_memory(exc: BaseException) -> bool:
     return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
@@ -135,7 +145,9 @@ def generate(
             for index in range(config.images_per_prompt):
                 record = finished.get((prompt.item_id, index))
                 ok = (
-                    record is not None and record["status"] == "ok" and (paths.root / record["file"]).exists()
+                    record is not None
+                    and record["status"] == "ok"
+                    and _intact(paths.root / record["file"], record)
                 )
                 if ok or (record is not None and record["status"] != "ok" and not config.retry_failed):
                     summary.skipped += 1
@@ -164,16 +176,21 @@ def _make_prompt(
     started = time.perf_counter()
     try:
         batches = [(indices, backend.generate(prompt.text, seeds))]
+    except DpgBenchError:
+        raise  # a problem with the whole run (bad key, no quota, bad option): stop, do not fail every image
     except Exception as exc:
         if not _is_out_of_memory(exc) or len(indices) == 1:
             _log_failures(log, summary, prompt, indices, seeds, _one_line(exc), on_image)
             return
-        # 2. Out of memory: the same images one at a time (same seeds, so the same pixels).
+        # 2. Out of memory: the same images one at a time (same seeds; pixels may move by one level, as a
+        #    batch of one is not bit-identical on every backend, so the log records the batch size).
         summary.retried_one_by_one += 1
         batches = []
         for index, seed in zip(indices, seeds):
             try:
                 batches.append(([index], backend.generate(prompt.text, [seed])))
+            except DpgBenchError:
+                raise
             except Exception as one_exc:
                 _log_failures(log, summary, prompt, [index], [seed], _one_line(one_exc), on_image)
     seconds = (time.perf_counter() - started) / max(1, len(indices))
@@ -188,22 +205,22 @@ def _make_prompt(
             image.save(buffer, format="PNG")
             data = buffer.getvalue()
             file = paths.image_file(prompt.item_id, index)
-            write_atomic(file, data)
-            log.append(
-                [
-                    {
-                        "item_id": prompt.item_id,
-                        "index": index,
-                        "seed": image_seed(config.seed, prompt.item_id, index),
-                        "file": str(file.relative_to(paths.root)),
-                        "sha256": sha256_bytes(data),
-                        "width": image.width,
-                        "height": image.height,
-                        "status": "ok",
-                        "seconds": round(seconds, 4),
-                    }
-                ]
-            )
+            write_atomic(file, data, durable=False)
+            record = {
+                "item_id": prompt.item_id,
+                "index": index,
+                "seed": image_seed(config.seed, prompt.item_id, index),
+                "file": str(file.relative_to(paths.root)),
+                "sha256": sha256_bytes(data),
+                "width": image.width,
+                "height": image.height,
+                "status": "ok",
+                "batch": len(batch_indices),
+                "seconds": round(seconds, 4),
+            }
+            # API backends say what they did with the prompt and what it cost, per image.
+            record.update({k: image.info[k] for k in IMAGE_INFO_KEYS if k in image.info})
+            log.append([record])
             summary.done += 1
             if on_image:
                 on_image(1)

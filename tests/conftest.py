@@ -16,7 +16,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_clip_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import tiny
+    from dpgbench import tiny_models as tiny
 
     return tiny.clip_tokenizer(tmp_path_factory.mktemp("clip_tokenizer"))
 
@@ -24,49 +24,49 @@ def tiny_clip_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_t5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """T5 tokenizer + T5EncoderModel (d_model 32) in one folder."""
-    import tiny
+    from dpgbench import tiny_models as tiny
 
     return tiny.save_tiny_t5(tmp_path_factory.mktemp("t5"), d_model=32)
 
 
 @pytest.fixture(scope="session")
 def tiny_sd15_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import tiny
+    from dpgbench import tiny_models as tiny
 
     return tiny.save_tiny_sd15(tmp_path_factory.mktemp("sd15"))
 
 
 @pytest.fixture(scope="session")
 def tiny_sd21_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import tiny
+    from dpgbench import tiny_models as tiny
 
     return tiny.save_tiny_sd21(tmp_path_factory.mktemp("sd21"))
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import tiny
+    from dpgbench import tiny_models as tiny
 
     return tiny.save_tiny_sdxl(tmp_path_factory.mktemp("sdxl"))
 
 
 @pytest.fixture(scope="session")
 def tiny_pixart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import tiny
+    from dpgbench import tiny_models as tiny
 
     return tiny.save_tiny_pixart(tmp_path_factory.mktemp("pixart"))
 
 
 @pytest.fixture(scope="session")
 def tiny_pixart_sigma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import tiny
+    from dpgbench import tiny_models as tiny
 
     return tiny.save_tiny_pixart_sigma(tmp_path_factory.mktemp("pixart_sigma"))
 
 
 @pytest.fixture(scope="session")
 def tiny_sd3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import tiny
+    from dpgbench import tiny_models as tiny
 
     return tiny.save_tiny_sd3(tmp_path_factory.mktemp("sd3"))
 

@@ -1,4 +1,4 @@
-"""The tiny-model builders of tests/tiny.py: tokenizers, T5, and four diffusers pipelines reloaded from disk."""
+"""The tiny-model builders of dpgbench/tiny_models.py: tokenizers, T5, and four diffusers pipelines reloaded from disk."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-import tiny  # noqa: E402  (tests/ is on sys.path under pytest)
+from dpgbench import tiny_models as tiny  # noqa: E402
 
 
 def weights_sha(model) -> str:

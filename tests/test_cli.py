@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from dpgbench import catalog
+from dpgbench.backends.dummy import DummyBackend, DummyConfig
 from dpgbench.cli import main
 from dpgbench.data import load_csv
+from dpgbench.errors import DpgBenchError
 from dpgbench.runs import read_jsonl
 from dpgbench.scoring import score
 
@@ -255,3 +257,80 @@ def test_regenerated_image_invalidates_only_its_answers(demo_run: Path, capsys):
     Image.new("RGB", (64, 64), (1, 2, 3)).save(demo_run / "images" / "demo_cafe_1.png")
     code, out, _ = run(["score", str(demo_run), "--judge", "dummy"], capsys)
     assert code == 0 and "12 question(s) asked, 576 from cache" in out
+
+
+def test_damaged_image_is_remade_on_resume(demo_run: Path, capsys):
+    image = demo_run / "images" / "demo_beach_3.png"
+    original = image.read_bytes()
+    image.write_bytes(original[:50])  # e.g. a power cut before the unsynced PNG reached the disk
+    code, out, _ = run(
+        ["generate", "--backend", "dummy", "--prompts", "demo", "--out", str(demo_run)], capsys
+    )
+    assert code == 0 and "1 image(s) made, 47 already done" in out
+    assert image.read_bytes() == original  # same seed, same pixels, same bytes
+
+
+class RunBreakingBackend:
+    """Fails the whole run on its second prompt (as a revoked API key would)."""
+
+    Config = DummyConfig
+
+    def __init__(self, config):
+        self.inner, self.calls = DummyBackend(config), 0
+
+    def generate(self, prompt, seeds):
+        self.calls += 1
+        if self.calls == 2:
+            raise DpgBenchError("the API refused the key: set OPENAI_API_KEY")
+        return self.inner.generate(prompt, seeds)
+
+    def info(self):
+        return {"name": "breaking"}
+
+
+def test_run_level_error_stops_instead_of_failing_every_image(tmp_path: Path, monkeypatch, capsys):
+    from dpgbench.backends import BACKENDS
+    from dpgbench.registry import Entry
+
+    monkeypatch.setitem(BACKENDS, "breaking", Entry(f"{__name__}:RunBreakingBackend", "", "test"))
+    out = tmp_path / "run"
+    code, _, err = run(["generate", "--backend", "breaking", "--prompts", "demo", "--out", str(out)], capsys)
+    assert code == 1 and "refused the key" in err
+    records = read_jsonl(out / "images.jsonl")
+    assert len(records) == 4 and all(r["status"] == "ok" and r["batch"] == 4 for r in records)
+
+
+def test_demo_on_tiny_diffusers(tmp_path: Path, capsys):
+    pytest.importorskip("diffusers")
+    code, out, err = run(["demo", "--tiny-diffusers", "--out", str(tmp_path / "demo")], capsys)
+    assert code == 0, err
+    manifest = (tmp_path / "demo" / "manifest.json").read_text()
+    assert '"backend": "sd15"' in manifest and "StableDiffusionPipeline" in manifest
+    assert len(read_jsonl(tmp_path / "demo" / "images.jsonl")) == 48
+    assert (tmp_path / "demo" / "eval" / "dummy" / "scores.csv").exists()
+
+
+def test_import_folder_and_export_grids_commands(demo_run: Path, tmp_path: Path, capsys):
+    grids = tmp_path / "grids"
+    code, out, _ = run(["export-grids", str(demo_run), "--out", str(grids)], capsys)
+    assert code == 0 and "12 grid(s) written" in out
+    (grids / "notes.txt").write_text("not an image")
+    demo = str(catalog.PACKAGE_PROMPTS / "demo.csv")
+    args = [
+        "import-folder",
+        str(grids),
+        "--out",
+        str(tmp_path / "imported"),
+        "--prompts",
+        demo,
+        "--grid-tile",
+        "64",
+    ]
+    code, out, err = run(args, capsys)
+    assert code == 0 and "48 image(s) imported" in out and "notes.txt" in err
+    code, out, _ = run(["score", str(tmp_path / "imported"), "--judge", "dummy"], capsys)
+    assert code == 0
+    # same pixels as the original run, so the dummy judge gives the same scores
+    assert read_scores(tmp_path / "imported" / "eval" / "dummy" / "scores.csv") == read_scores(
+        demo_run / "eval" / "dummy" / "scores.csv"
+    )

@@ -10,9 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-import tiny  # noqa: E402  (tests/ is on sys.path under pytest)
 from safetensors.torch import save_file  # noqa: E402
 
+from dpgbench import tiny_models as tiny  # noqa: E402
 from dpgbench.backends import BACKENDS  # noqa: E402
 from dpgbench.errors import DpgBenchError  # noqa: E402
 from dpgbench.registry import create  # noqa: E402

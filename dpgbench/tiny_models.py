@@ -1,10 +1,13 @@
-"""Builders of tiny random-weight models for tests: tokenizers trained here, T5, SD 1.5/2.x/XL, PixArt-α.
+"""Builders of tiny random-weight models: tokenizers trained here, T5, SD 1.5/2.x/XL, PixArt-α/Σ, SD3.
 
 Every builder uses the real classes at a few-KB-to-MB size, seeds its weights, and saves with
-`save_pretrained`, so code under test loads them through the same `from_pretrained` path as real
-checkpoints. No hub is needed. Import this module only inside tests that use torch (it imports it).
+`save_pretrained`, so code loads them through the same `from_pretrained` path as real checkpoints. No hub
+is needed. Used by the tests and by `dpgbench demo --tiny-diffusers`; it imports torch, so the core never
+imports it at module level.
 """
 
+# mypy: disable-error-code="attr-defined"
+# (diffusers exposes its classes through lazy modules that mypy cannot see into)
 from __future__ import annotations
 
 import io

@@ -8,9 +8,9 @@ import io
 import pytest
 from PIL import Image
 
-from dpgbench.backends.folder import FileProblem, export_grids, import_folder
 from dpgbench.data import GraphSet, Prompt
 from dpgbench.errors import DpgBenchError
+from dpgbench.folders import FileProblem, export_grids, import_folder
 from dpgbench.runs import RunPaths, read_json, read_jsonl
 
 PROMPTS = GraphSet(
