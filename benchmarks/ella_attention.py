@@ -20,7 +20,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the shared tiny tokenizer builder
 
 PROMPT = (
     "a red cat sitting on a blue chair next to a green table, three wooden boxes stacked on the left of a "
@@ -55,9 +54,9 @@ def main() -> None:
     parser.add_argument("--t5-layers", type=int, default=24, help="T5 encoder layers (FLAN-T5-XL has 24)")
     args = parser.parse_args()
 
-    import tiny
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
+    from dpgbench import tiny_models as tiny
     from ella import ELLA
     from ella.attention import DEFAULT_TIMESTEPS, attention_over_timesteps, save_heatmap, write_csv
     from ella.text_encoder import T5TextEmbedder

@@ -21,7 +21,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the shared tiny-model builders (tokenizer, VAE)
 
 
 def randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -52,10 +51,10 @@ def main() -> None:
     parser.add_argument("--t5-layers", type=int, default=24, help="T5 encoder layers (FLAN-T5-XL has 24)")
     args = parser.parse_args()
 
-    import tiny
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
+    from dpgbench import tiny_models as tiny
     from ella import ELLA
     from ella.pipeline import attach, generate
     from ella.text_encoder import T5TextEmbedder

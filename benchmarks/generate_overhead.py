@@ -1,6 +1,6 @@
 """Toolkit overhead of `dpgbench generate` against a bare diffusers loop doing the same work.
 
-Both load the same tiny SD 1.5 pipeline (built on the spot, tests/tiny.py) from disk and make
+Both load the same tiny SD 1.5 pipeline (built on the spot, dpgbench/tiny_models.py) from disk and make
 4 images per prompt in one batch with one generator per image, writing PNGs. Each variant runs in a
 fresh process (same import cost, its own peak memory), alternating, and the median is reported.
 
@@ -128,8 +128,7 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    sys.path.insert(0, str(ROOT / "tests"))
-    import tiny
+    from dpgbench import tiny_models as tiny
 
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)

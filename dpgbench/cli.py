@@ -513,3 +513,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             soft_wrap=True,
         )
         sys.exit(1)
+
+
+if __name__ == "__main__":  # `torchrun -m dpgbench.cli ...` / `accelerate launch -m dpgbench.cli ...`
+    main()

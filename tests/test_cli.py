@@ -334,3 +334,25 @@ def test_import_folder_and_export_grids_commands(demo_run: Path, tmp_path: Path,
     assert read_scores(tmp_path / "imported" / "eval" / "dummy" / "scores.csv") == read_scores(
         demo_run / "eval" / "dummy" / "scores.csv"
     )
+
+
+def test_ranks_split_the_work_and_readers_merge(demo_run: Path, tmp_path: Path, monkeypatch, capsys):
+    """Two ranks (as torchrun sets RANK/WORLD_SIZE) make and judge the same images as one process."""
+    out = tmp_path / "ranked"
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        code, _, err = run(["generate", "--backend", "dummy", "--prompts", "demo", "--out", str(out)], capsys)
+        assert code == 0, err
+    assert sorted(p.name for p in out.glob("images*.jsonl")) == ["images.rank0.jsonl", "images.rank1.jsonl"]
+    assert len(read_jsonl(out / "images.rank0.jsonl")) == len(read_jsonl(out / "images.rank1.jsonl")) == 24
+    outputs = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        code, stdout, err = run(["score", str(out), "--judge", "dummy"], capsys)
+        assert code == 0, err
+        outputs.append(stdout)
+    assert "not all answers are in yet" in outputs[0] and "DPG-Bench score" in outputs[1]
+    assert read_scores(out / "eval" / "dummy" / "scores.csv") == read_scores(
+        demo_run / "eval" / "dummy" / "scores.csv"
+    )
