@@ -228,3 +228,29 @@ def test_bad_folders_fail_with_file_and_fix(tiny_mplug_dirs, tmp_path):
         MplugJudge(MplugJudgeConfig(model=str(partial)))
     lenient = MplugJudge(MplugJudgeConfig(model=str(partial), strict_weights=False))
     assert lenient.info()["missing_weights"] == 1
+
+
+@pytest.mark.parametrize("rows", [[0] * 5 + [2] * 5, [2, 0, 1, 2]])  # beams grouped per question, or not
+def test_shared_cross_attention_equals_modelscope_attention(judges, rows):
+    """The decoder cross-attention wrapper == modelscope's BertSelfAttention on the tiled states."""
+
+    judge: MplugJudge = judges["free"]
+    wrapper = judge.shared_cross_attention[0]
+    layer = judge.model.text_decoder.bert.encoder.layer[0]
+    assert layer.crossattention.self is wrapper
+    generator = torch.Generator().manual_seed(0)
+    hidden = 32  # tiny folder's text width
+    states = torch.randn(3, 9, hidden, generator=generator)
+    queries = torch.randn(len(rows), 2, hidden, generator=generator)
+    index = torch.tensor(rows)
+    mask = torch.zeros(3, 1, 1, 9)
+    mask[1, ..., 6:] = -10000.0  # a padded question: its last states are masked
+    carrier = index.float()[:, None, None].expand(-1, 9, 1).contiguous()
+    with torch.no_grad():
+        expected = wrapper.attention(queries, None, None, states[index], mask[index])[0]
+        wrapper.fill(states)
+        try:
+            got = wrapper(queries, None, None, carrier, mask[index])[0]
+        finally:
+            wrapper.fill(None)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

@@ -85,7 +85,7 @@ class MplugJudge:
         # with the model's own (built from vocab.txt); keep both so any tokenizer_config.json acts alike.
         self.question_tokenizer = BertTokenizer.from_pretrained(str(self.folder))
         self.answer_tokenizer = self.model.tokenizer
-        self.cross_projections = install_cross_projection_caches(self.model)
+        self.shared_cross_attention = install_shared_cross_attention(self.model)
         self._weights_sha256: str | None = None
 
     # -- the Judge contract ------------------------------------------------------------------------
@@ -212,25 +212,25 @@ class MplugJudge:
         )
         states = torch.cat([image_out, question_out], 1)
         attention = torch.cat([image_atts, tokens.attention_mask], 1)
-        # 4. modelscope's own beam search, with the decoder's cross-attention projections made once per
-        #    question (see CrossProjectionCache) instead of once per beam and step.
+        # 4. modelscope's own beam search, with the decoder's cross-attention keys/values made once per
+        #    question and shared by its beams (see SharedCrossAttention) instead of once per beam and step.
         with self.project_once(states) as carrier:
             best, _scores = model.beam_generator.translate_batch([carrier, attention])
         return [self.answer_tokenizer.decode(hypotheses[0], skip_special_tokens=True) for hypotheses in best]
 
     @contextlib.contextmanager
     def project_once(self, states: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Fill the decoder's projection caches from `states`; yield the row-index carrier for the beam search."""
+        """Project `states` once for the decoder's cross-attention; yield the row-number carrier for the beam search."""
         import torch
 
-        for cache in self.cross_projections:
-            cache.projected = cache.linear(states)
+        for wrapper in self.shared_cross_attention:
+            wrapper.fill(states)
         try:
             rows = torch.arange(states.shape[0], device=states.device, dtype=torch.float32)
             yield rows[:, None, None].expand(-1, states.shape[1], 1).contiguous()
         finally:
-            for cache in self.cross_projections:
-                cache.projected = None
+            for wrapper in self.shared_cross_attention:
+                wrapper.fill(None)
 
 
 # -- model folder ----------------------------------------------------------------------------------
@@ -344,42 +344,100 @@ def is_unused_weight(key: str) -> bool:
     return key.startswith("visual_encoder.") and not key.startswith("visual_encoder.visual.")
 
 
-# -- the decoder's cross-attention projections, once per question -----------------------------------
+# -- the decoder's cross-attention, once per question -----------------------------------------------
 
 
-def install_cross_projection_caches(model: Any) -> list[Any]:
-    """Wrap the key/value projections of every decoder cross-attention; returns the wrappers."""
+def install_shared_cross_attention(model: Any) -> list[Any]:
+    """Wrap every decoder cross-attention (BertSelfAttention) in SharedCrossAttention; returns the wrappers."""
+    import math
+
     import torch
+    from modelscope.models.multi_modal.mplug.modeling_mplug import clamp_inf
 
-    class CrossProjectionCache(torch.nn.Module):
-        """A decoder cross-attention key/value Linear that projects each question's states once.
+    beam_size = int(model.config.beam_size)
+
+    class SharedCrossAttention(torch.nn.Module):
+        """A decoder cross-attention that projects each question's states once and shares them by its beams.
 
         modelscope's beam search tiles the question states once per beam and re-gathers them every step, so
-        the decoder projects the same ~1300 states beams x steps times per question: most of the answer time
-        of the large model. Inside `MplugJudge.project_once` the beam search is handed, instead of the
-        states, a carrier whose rows hold the question's row number; this module reads that number and
-        gathers the projection made once. Outside it (`projected is None`) it is the plain Linear.
+        the decoder projects (and copies) the same ~1300 states beams x steps times per question: most of the
+        answer time of the large model. Inside `MplugJudge.project_once` the beam search is handed, instead
+        of the states, a carrier whose rows hold the row's question number; keys and values are projected
+        once per question, and the beams of a question (consecutive rows) attend to them together. The
+        arithmetic is BertSelfAttention's (absolute positions, clamp_inf, scale, mask, softmax); outside
+        `project_once` (`keys is None`) the wrapped module runs unchanged.
         """
 
-        def __init__(self, linear: torch.nn.Linear) -> None:
+        def __init__(self, attention: torch.nn.Module) -> None:
             super().__init__()
-            self.linear = linear
-            self.projected: torch.Tensor | None = None
+            self.attention: Any = attention  # modelscope's BertSelfAttention
+            self.keys: torch.Tensor | None = None  # (questions, heads, tokens, head size)
+            self.values: torch.Tensor | None = None
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self.projected is None:
-                out: torch.Tensor = self.linear(x)
+        def fill(self, states: torch.Tensor | None) -> None:
+            a = self.attention
+            if states is None:
+                self.keys = self.values = None
+            else:
+                self.keys = a.transpose_for_scores(a.key(states))
+                self.values = a.transpose_for_scores(a.value(states))
+
+        def forward(
+            self,
+            hidden_states: torch.Tensor,
+            attention_mask: torch.Tensor | None = None,
+            head_mask: torch.Tensor | None = None,
+            encoder_hidden_states: torch.Tensor | None = None,
+            encoder_attention_mask: torch.Tensor | None = None,
+            past_key_value: Any = None,
+            output_attentions: bool = False,
+        ) -> tuple[Any, ...]:
+            a = self.attention
+            if self.keys is None or self.values is None or encoder_hidden_states is None or output_attentions:
+                out: tuple[Any, ...] = a(
+                    hidden_states,
+                    attention_mask,
+                    head_mask,
+                    encoder_hidden_states,
+                    encoder_attention_mask,
+                    past_key_value,
+                    output_attentions,
+                )
                 return out
-            rows = x[:, 0, 0].long()
-            return self.projected.index_select(0, rows)
+            # 1. Which question each row belongs to; the beams of one question are `group` consecutive rows.
+            rows = encoder_hidden_states[:, 0, 0].long()
+            n, length, _ = hidden_states.shape
+            group = beam_size if n % beam_size == 0 else 1
+            if group > 1 and not bool((rows.view(-1, group) == rows.view(-1, group)[:, :1]).all()):
+                group = 1
+            questions = rows.view(-1, group)[:, 0]
+            heads, size = a.num_attention_heads, a.attention_head_size
+            # 2. Queries of a question's beams side by side: (questions, heads, group * length, size).
+            query = a.query(hidden_states).view(-1, group, length, heads, size)
+            query = query.permute(0, 3, 1, 2, 4).reshape(-1, heads, group * length, size)
+            # 3. Attention as BertSelfAttention computes it, against the keys/values made once.
+            scores = clamp_inf(torch.matmul(query, self.keys[questions].transpose(-1, -2)))
+            scores = scores / math.sqrt(size)
+            if encoder_attention_mask is not None:  # (rows, 1, 1, tokens), identical within a group
+                scores = (
+                    scores + encoder_attention_mask.view(-1, group, *encoder_attention_mask.shape[1:])[:, 0]
+                )
+            probabilities = torch.nn.Softmax(dim=-1)(scores)
+            if head_mask is not None:
+                probabilities = probabilities * head_mask
+            context = torch.matmul(probabilities, self.values[questions])
+            # 4. Back to one row per beam: (rows, length, hidden).
+            context = context.view(-1, heads, group, length, size).permute(0, 2, 3, 1, 4)
+            return (context.reshape(n, length, heads * size), None)
 
-    caches = []
+    wrappers = []
     for layer in model.text_decoder.bert.encoder.layer:
         attention = layer.crossattention.self
-        attention.key = CrossProjectionCache(attention.key)
-        attention.value = CrossProjectionCache(attention.value)
-        caches += [attention.key, attention.value]
-    return caches
+        if getattr(attention, "position_embedding_type", "absolute") != "absolute":
+            continue  # relative positions: leave modelscope's module as it is (never the case for mPLUG)
+        layer.crossattention.self = SharedCrossAttention(attention)
+        wrappers.append(layer.crossattention.self)
+    return wrappers
 
 
 # -- small helpers ---------------------------------------------------------------------------------
