@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from typer.exceptions import TyperException
 
 from dpgbench import __version__, catalog, registry
 from dpgbench.answers import read_answer_table, write_score_tables
@@ -25,7 +26,15 @@ from dpgbench.evaluate import EvaluateConfig, EvaluateSummary, evaluate, write_e
 from dpgbench.generate import GenerateConfig, GenerateSummary, generate, select_prompts, write_manifest
 from dpgbench.graphcheck import check_graphs
 from dpgbench.judges import JUDGES
-from dpgbench.runs import RunPaths, check_manifest, distributed_rank, parse_shard, read_json, write_json
+from dpgbench.runs import (
+    RunPaths,
+    check_manifest,
+    distributed_rank,
+    parse_shard,
+    read_json,
+    write_csv,
+    write_json,
+)
 from dpgbench.scoring import PROTOCOLS, ProtocolResult, answer_stats, score
 from dpgbench.terminal import console, err_console, fmt, progress_bar, warn_notes
 
@@ -178,6 +187,10 @@ def score_cmd(
     out: Annotated[Path | None, typer.Option(help="output folder for --answers")] = None,
     where: Pairs = None,
     images_per_call: Annotated[int, typer.Option(help="images per judge call (judges that batch)")] = 1,
+    label: Annotated[
+        str | None,
+        typer.Option(help="eval folder name (default: the judge's), to keep two settings of one judge"),
+    ] = None,
     shard: Annotated[str | None, typer.Option(help="i/n: this job's share, for job arrays")] = None,
 ) -> None:
     """Ask a judge about every image of a run (cached, resumable) and score it under all protocols."""
@@ -199,7 +212,7 @@ def score_cmd(
             f"{spec} has prompts but no questions; pass --questions dpg-bench (or a question CSV)"
         )
     config = EvaluateConfig(
-        judge, registry.parse_pairs(judge_arg or [], "--judge-arg"), spec, images_per_call
+        judge, registry.parse_pairs(judge_arg or [], "--judge-arg"), spec, images_per_call, label or ""
     )
     n_images = int(manifest["config"].get("images_per_prompt", 4))
     shard_pair = combined_shard(shard)
@@ -207,12 +220,12 @@ def score_cmd(
     judge_obj = None
     if plan.asked:
         judge_obj = registry.create(JUDGES, judge, "judge", config.judge_args)
-        write_eval_manifest(paths.eval_dir(judge), config, graphs, judge_obj.info())
+        write_eval_manifest(paths.eval_dir(config.folder), config, graphs, judge_obj.info())
     with progress_bar(f"judge {judge}", plan.asked, "questions") as advance:
         summary = evaluate(
             paths, config, graphs, judge_obj, shard=shard_pair, n_images=n_images, on_questions=advance
         )
-    report_evaluation(paths, judge, summary)
+    report_evaluation(paths, config.folder, summary)
 
 
 def report_evaluation(paths: RunPaths, judge: str, summary: EvaluateSummary) -> None:
@@ -268,6 +281,69 @@ def score_answer_table(questions: str | None, answers: Path, out: Path | None, w
     )
     print_scores(results)
     console.print(f"tables: {out / 'scores.csv'}, {out / 'prompt_scores.csv'}")
+
+
+@app.command("agree")
+def agree_cmd(
+    run: Annotated[Path, typer.Argument(help="run folder scored by both judges")],
+    judges: Annotated[str, typer.Option(help="two judges, e.g. mplug-large,hf-vqa")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="CSV of the agreement and score deltas")
+    ] = None,
+) -> None:
+    """How far two judges agree on one run: per-question agreement, Cohen's kappa, score deltas."""
+    from dpgbench.agreement import compare_judges
+
+    names = [j.strip() for j in judges.split(",") if j.strip()]
+    if len(names) != 2:
+        raise DpgBenchError(
+            f"--judges {judges}: give exactly two judge names, e.g. --judges mplug-large,hf-vqa"
+        )
+    paths = RunPaths(run)
+    manifest = (
+        read_json(paths.eval_dir(names[0]) / "manifest.json") if paths.eval_dir(names[0]).exists() else {}
+    )
+    spec = manifest.get("config", {}).get("questions") or read_json(paths.manifest)["config"]["prompts"]
+    result = compare_judges(paths, names[0], names[1], load_prompts(spec))
+    a, b = names
+    table = Table(title=f"{a} vs {b} on {run}: {result.overall.n} question-image pairs")
+    for column in ("category", "n", "agreement", "kappa", f"yes {a}", f"yes {b}"):
+        table.add_column(column, justify="left" if column == "category" else "right")
+    for name, agreement in [("all", result.overall), *result.by_category.items()]:
+        table.add_row(
+            name,
+            str(agreement.n),
+            f"{agreement.agree:.3f}",
+            fmt(agreement.kappa),
+            f"{agreement.yes_a:.3f}",
+            f"{agreement.yes_b:.3f}",
+        )
+    console.print(table)
+    deltas = [d for d in result.score_deltas if d.level != "l2"]
+    if deltas:
+        scores = Table(title=f"score deltas ({b} - {a}, percent points)")
+        for column in ("protocol", "level", "category", a, b, "delta"):
+            scores.add_column(column)
+        for d in deltas:
+            scores.add_row(d.protocol, d.level, d.category, fmt(d.a), fmt(d.b), fmt(d.delta))
+        console.print(scores)
+    if result.only_a or result.only_b:
+        console.print(
+            f"[yellow]not compared[/]: {result.only_a} pair(s) only {a} answered, {result.only_b} only {b}"
+        )
+    console.print(
+        f"[bold]{b} is a different judge from {a}[/]: label its scores as such; never mix them in one leaderboard"
+    )
+    if out is not None:
+        rows = [
+            {"kind": "agreement", "category": name, "n": g.n, "agreement": g.agree, "kappa": g.kappa}
+            for name, g in [("all", result.overall), *result.by_category.items()]
+        ] + [
+            {"kind": f"delta {d.protocol} {d.level}", "category": d.category, "delta": d.delta}
+            for d in result.score_deltas
+        ]
+        write_csv(out, rows, ["kind", "category", "n", "agreement", "kappa", "delta"])
+        console.print(f"wrote {out}")
 
 
 @app.command("lint")
@@ -494,7 +570,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: one-line errors, exit code 1, traceback only with DPGBENCH_DEBUG=1."""
     debug = os.environ.get("DPGBENCH_DEBUG", "") not in ("", "0")
     try:
-        app(args=list(argv) if argv is not None else None, prog_name="dpgbench", standalone_mode=True)
+        code = app(args=list(argv) if argv is not None else None, prog_name="dpgbench", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except TyperException as exc:  # unknown option, missing argument: one line, not a box
+        message = exc.format_message()
+        ctx = getattr(exc, "ctx", None)
+        if not message and ctx is not None:  # a bare group command: its help is the answer
+            console.print(ctx.get_help(), highlight=False)
+            sys.exit(0)
+        command = ctx.command_path if ctx is not None else "dpgbench"
+        err_console.print(f"[red]error[/]: {message} (see `{command} --help`)", highlight=False)
+        sys.exit(1)
+    except typer.Abort:
+        err_console.print("interrupted: finished work is saved; rerun the same command to resume")
+        sys.exit(130)
     except DpgBenchError as exc:
         if debug:
             traceback.print_exc()

@@ -42,6 +42,11 @@ class EvaluateConfig:
     judge_args: dict[str, str] = field(default_factory=dict)
     questions: str = "dpg-bench"  # benchmark name or path, as the user gave it
     images_per_call: int = 1  # images per judge call, for judges with ask_batch
+    label: str = ""  # eval folder name when it is not the judge's (two settings of one judge side by side)
+
+    @property
+    def folder(self) -> str:
+        return self.label or self.judge
 
     def identity(self, questions_sha256: str) -> dict[str, Any]:
         """What decides the answers: an eval folder made with a different identity is refused."""
@@ -147,7 +152,7 @@ def evaluate(
     """
     start = time.perf_counter()
     summary = EvaluateSummary()
-    out = paths.eval_dir(config.judge)
+    out = paths.eval_dir(config.folder)
     check_manifest(out / "manifest.json", config.identity(graphs.sha256), "evaluation")  # never mix caches
     prompts, summary.not_in_questions = run_prompts(paths, graphs)
     records = finished_images(paths)
