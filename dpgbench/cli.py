@@ -186,7 +186,7 @@ def score_cmd(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="output folder for --answers")] = None,
     where: Pairs = None,
-    images_per_call: Annotated[int, typer.Option(help="images per judge call (judges that batch)")] = 1,
+    images_per_call: Annotated[int, typer.Option(help="images per judge call (judges that batch)")] = 4,
     label: Annotated[
         str | None,
         typer.Option(help="eval folder name (default: the judge's), to keep two settings of one judge"),
