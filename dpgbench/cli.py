@@ -191,6 +191,10 @@ def score_cmd(
         str | None,
         typer.Option(help="eval folder name (default: the judge's), to keep two settings of one judge"),
     ] = None,
+    soft_scores: Annotated[
+        bool,
+        typer.Option(help="also record P(yes) per answer (hf-vqa, openai-vlm): a VQAScore-style soft score"),
+    ] = False,
     shard: Annotated[str | None, typer.Option(help="i/n: this job's share, for job arrays")] = None,
 ) -> None:
     """Ask a judge about every image of a run (cached, resumable) and score it under all protocols."""
@@ -212,7 +216,12 @@ def score_cmd(
             f"{spec} has prompts but no questions; pass --questions dpg-bench (or a question CSV)"
         )
     config = EvaluateConfig(
-        judge, registry.parse_pairs(judge_arg or [], "--judge-arg"), spec, images_per_call, label or ""
+        judge,
+        registry.parse_pairs(judge_arg or [], "--judge-arg"),
+        spec,
+        images_per_call,
+        label or "",
+        soft_scores,
     )
     n_images = int(manifest["config"].get("images_per_prompt", 4))
     shard_pair = combined_shard(shard)
@@ -245,6 +254,11 @@ def report_evaluation(paths: RunPaths, judge: str, summary: EvaluateSummary) -> 
         console.print("[yellow]not all answers are in yet[/] (other shards still running?); rerun to finish")
         return
     print_scores(summary.results)
+    if summary.soft:
+        console.print(
+            f"soft score (mean P(yes), no dependencies): {fmt(summary.soft['overall'])} over {summary.soft['n']} "
+            f"prompts ({summary.soft['images_left_out']} image(s) without P(yes)); per prompt in summary.json"
+        )
     console.print(
         f"tables: {paths.eval_dir(judge) / 'scores.csv'}, {paths.eval_dir(judge) / 'prompt_scores.csv'}"
     )

@@ -43,6 +43,7 @@ class EvaluateConfig:
     questions: str = "dpg-bench"  # benchmark name or path, as the user gave it
     images_per_call: int = 1  # images per judge call, for judges with ask_batch
     label: str = ""  # eval folder name when it is not the judge's (two settings of one judge side by side)
+    soft_scores: bool = False  # also record P(yes) per answer (judges with ask_with_scores), VQAScore-style
 
     @property
     def folder(self) -> str:
@@ -50,11 +51,14 @@ class EvaluateConfig:
 
     def identity(self, questions_sha256: str) -> dict[str, Any]:
         """What decides the answers: an eval folder made with a different identity is refused."""
-        return {
+        identity: dict[str, Any] = {
             "judge": self.judge,
             "judge_args": dict(sorted(self.judge_args.items())),
             "questions_sha256": questions_sha256,
         }
+        if self.soft_scores:  # a folder holds P(yes) for every answer, or for none
+            identity["soft_scores"] = True
+        return identity
 
 
 @dataclass
@@ -77,6 +81,7 @@ class EvaluateSummary:
     complete: bool = False  # every readable image has all its answers (tables written)
     results: dict[str, ProtocolResult] = field(default_factory=dict)
     stats: AnswerStats = field(default_factory=AnswerStats)
+    soft: dict[str, Any] = field(default_factory=dict)  # VQAScore-style mean P(yes), when recorded
     seconds: float = 0.0
 
 
@@ -190,7 +195,13 @@ def evaluate(
     if plan_only or judge is None:
         summary.asked = sum(len(j.questions) for j in jobs)
     elif jobs:
-        _ask_all(out, shard, judge, jobs, slots, summary, config.images_per_call, on_questions)
+        if config.soft_scores and not hasattr(judge, "ask_with_scores"):
+            raise DpgBenchError(
+                f"judge '{config.judge}' gives no P(yes); drop --soft-scores or use hf-vqa/openai-vlm"
+            )
+        _ask_all(
+            out, shard, judge, jobs, slots, summary, config.images_per_call, config.soft_scores, on_questions
+        )
     summary.images = sum(1 for images in slots.values() for image in images if image is not None)
     # 3. Score when nothing is missing (a sharded run: the last rank to finish writes the tables).
     summary.stats = answer_stats(prompts, slots)
@@ -198,6 +209,8 @@ def evaluate(
     if summary.complete:
         summary.results = score(prompts, slots, n_images=n_images)
         write_score_tables(out, summary.results)
+        if config.soft_scores:
+            summary.soft = soft_scores(out, prompts, records, n_images)
         write_json(out / "summary.json", _summary_record(summary))
     summary.seconds = time.perf_counter() - start
     return summary
@@ -211,6 +224,7 @@ def _ask_all(
     slots: dict[str, list[ImageAnswers | None]],
     summary: EvaluateSummary,
     images_per_call: int,
+    soft: bool,
     on_questions: Callable[[int], None] | None,
 ) -> None:
     name = "answers.jsonl" if shard[1] == 1 else f"answers.rank{shard[0]}.jsonl"
@@ -229,11 +243,16 @@ def _ask_all(
                     slots[job.prompt.item_id][job.index] = None
                     if on_questions:
                         on_questions(len(job.questions))
-            if batch_fn and len(group) > 1:
+            p_yes: list[list[float | None]] = [[None] * len(j.questions) for j in group]
+            if soft:
+                scored = [judge.ask_with_scores(image, j.questions) for image, j in zip(images, group)]  # type: ignore[attr-defined]
+                answers = [[a for a, _ in pairs] for pairs in scored]
+                p_yes = [[p for _, p in pairs] for pairs in scored]
+            elif batch_fn and len(group) > 1:
                 answers = batch_fn(images, [j.questions for j in group])
             else:
                 answers = [judge.ask(image, j.questions) for image, j in zip(images, group)]
-            for job, got in zip(group, answers):
+            for job, got, probabilities in zip(group, answers, p_yes):
                 if len(got) != len(job.questions):
                     raise DpgBenchError(
                         f"judge '{out.name}' gave {len(got)} answers for {len(job.questions)} questions"
@@ -245,8 +264,9 @@ def _ask_all(
                         "answer": a,
                         "item_id": job.prompt.item_id,
                         "index": job.index,
+                        **({"p_yes": p} if p is not None else {}),
                     }
-                    for q, a in zip(job.questions, got)
+                    for q, a, p in zip(job.questions, got, probabilities)
                 )
                 known = slots[job.prompt.item_id][job.index]
                 slots[job.prompt.item_id][job.index] = {**(known or {}), **dict(zip(job.questions, got))}
@@ -255,8 +275,37 @@ def _ask_all(
                     on_questions(len(job.questions))
 
 
+def soft_scores(
+    out: Path, prompts: Sequence[Prompt], records: dict[tuple[str, int], dict[str, Any]], n_images: int
+) -> dict[str, Any]:
+    """VQAScore-style soft score: per prompt, the mean P(yes) over its images' questions (no dependencies);
+    overall = 100 x mean over prompts. Images without recorded P(yes) are left out and counted."""
+    p_yes = {
+        (r["image"], r["question"]): float(r["p_yes"])
+        for r in read_logs(sorted(out.glob("answers*.jsonl")))
+        if r.get("p_yes") is not None
+    }
+    per_prompt: dict[str, float] = {}
+    left_out = 0
+    for prompt in prompts:
+        texts = list(dict.fromkeys(q.question for q in prompt.questions))
+        values = []
+        for index in range(n_images):
+            sha = (records.get((prompt.item_id, index)) or {}).get("sha256")
+            found = [p_yes[(sha, t)] for t in texts if (sha, t) in p_yes]
+            if found and len(found) == len(texts):
+                values.append(sum(found) / len(found))
+            else:
+                left_out += 1
+        if values:
+            per_prompt[prompt.item_id] = sum(values) / len(values) * 100
+    overall = sum(per_prompt.values()) / len(per_prompt) if per_prompt else None
+    return {"overall": overall, "n": len(per_prompt), "images_left_out": left_out, "prompts": per_prompt}
+
+
 def _summary_record(summary: EvaluateSummary) -> dict[str, Any]:
     return {
+        "soft_score": summary.soft,
         "images_judged": summary.images,
         "problems": [asdict(p) for p in summary.problems],
         "not_in_questions": summary.not_in_questions,

@@ -356,3 +356,30 @@ def test_ranks_split_the_work_and_readers_merge(demo_run: Path, tmp_path: Path, 
     assert read_scores(out / "eval" / "dummy" / "scores.csv") == read_scores(
         demo_run / "eval" / "dummy" / "scores.csv"
     )
+
+
+def test_soft_scores_are_recorded_and_averaged(demo_run: Path, capsys):
+    import json
+
+    code, out, err = run(
+        ["score", str(demo_run), "--judge", "dummy", "--label", "soft", "--soft-scores"], capsys
+    )
+    assert code == 0, err
+    assert "soft score (mean P(yes), no dependencies)" in out
+    records = read_jsonl(demo_run / "eval" / "soft" / "answers.jsonl")
+    assert len(records) == 588 and all(0 <= r["p_yes"] <= 1 for r in records)
+    # the same answers as without soft scores, so the same tables
+    assert read_scores(demo_run / "eval" / "soft" / "scores.csv") == read_scores(
+        demo_run / "eval" / "dummy" / "scores.csv"
+    )
+    # hand recomputation: per image the mean P(yes) of its questions, per prompt the mean of its images
+    per_image: dict[tuple[str, int], list[float]] = {}
+    for r in records:
+        per_image.setdefault((r["item_id"], r["index"]), []).append(r["p_yes"])
+    per_prompt: dict[str, list[float]] = {}
+    for (item_id, _), values in per_image.items():
+        per_prompt.setdefault(item_id, []).append(sum(values) / len(values))
+    expected = {k: sum(v) / len(v) * 100 for k, v in per_prompt.items()}
+    soft = json.loads((demo_run / "eval" / "soft" / "summary.json").read_text())["soft_score"]
+    assert soft["n"] == 12 and soft["prompts"] == pytest.approx(expected)
+    assert soft["overall"] == pytest.approx(sum(expected.values()) / 12)

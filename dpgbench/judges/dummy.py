@@ -28,13 +28,18 @@ class DummyJudge:
         self.calls = 0  # how often ask() ran, so tests can prove a cached run asks nothing
 
     def ask(self, image: Image.Image, questions: Sequence[str]) -> list[str]:
+        return [answer for answer, _ in self.ask_with_scores(image, questions)]
+
+    def ask_with_scores(self, image: Image.Image, questions: Sequence[str]) -> list[tuple[str, float]]:
+        """(answer, pseudo P(yes)): a uniform draw u per question; yes iff u < yes_rate; P(yes) = 1 - u."""
         self.calls += 1
         pixels = hashlib.sha256(image.tobytes()).digest()
-        answers = []
+        out = []
         for question in questions:
             h = hashlib.sha256(pixels + self.config.salt.encode() + question.encode()).digest()
-            answers.append("yes" if int.from_bytes(h[:4], "big") / 2**32 < self.config.yes_rate else "no")
-        return answers
+            u = int.from_bytes(h[:4], "big") / 2**32
+            out.append(("yes" if u < self.config.yes_rate else "no", 1 - u))
+        return out
 
     def info(self) -> dict[str, Any]:
         return {
