@@ -19,12 +19,12 @@ from PIL import Image, UnidentifiedImageError
 from dpgbench.answers import write_score_tables
 from dpgbench.data import GraphSet, Prompt
 from dpgbench.errors import DpgBenchError
-from dpgbench.generate import finished_images
 from dpgbench.runs import (
     JsonlLog,
     RunPaths,
     check_manifest,
     environment,
+    finished_images,
     read_json,
     read_logs,
     sha256_bytes,

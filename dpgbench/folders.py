@@ -19,8 +19,8 @@ from PIL import Image, UnidentifiedImageError
 
 from dpgbench.data import GraphSet, write_atomic
 from dpgbench.errors import DpgBenchError
-from dpgbench.generate import GenerateConfig, finished_images, write_manifest
-from dpgbench.runs import JsonlLog, RunPaths, read_json, sha256_bytes
+from dpgbench.generate import GenerateConfig, write_manifest
+from dpgbench.runs import JsonlLog, RunPaths, finished_images, read_json, sha256_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # Tile k of a grid, as upstream compute_dpg_bench.py crops it: 0 top-left, 1 top-right, 2 bottom-left,

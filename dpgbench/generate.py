@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from dpgbench.data import Prompt, write_atomic
 from dpgbench.errors import DpgBenchError
-from dpgbench.runs import JsonlLog, RunPaths, check_manifest, environment, read_logs, sha256_bytes, write_json
+from dpgbench.runs import (
+    JsonlLog,
+    RunPaths,
+    check_manifest,
+    environment,
+    finished_images,
+    sha256_bytes,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from dpgbench.backends import Backend
@@ -74,14 +82,6 @@ def select_prompts(prompts: Sequence[Prompt], limit: int | None, shard: tuple[in
     chosen = list(prompts[:limit] if limit else prompts)
     index, count = shard
     return chosen[index::count]
-
-
-def finished_images(paths: RunPaths) -> dict[tuple[str, int], dict[str, Any]]:
-    """Latest log record per (item_id, index) across all ranks' logs."""
-    latest: dict[tuple[str, int], dict[str, Any]] = {}
-    for record in read_logs(paths.image_logs()):
-        latest[(record["item_id"], int(record["index"]))] = record
-    return latest
 
 
 def _intact(file: Path, record: dict[str, Any]) -> bool:

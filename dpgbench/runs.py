@@ -100,6 +100,14 @@ def read_logs(paths: Iterable[Path]) -> list[dict[str, Any]]:
     return out
 
 
+def finished_images(paths: RunPaths) -> dict[tuple[str, int], dict[str, Any]]:
+    """Latest log record per (item_id, index) across all ranks' logs."""
+    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    for record in read_logs(paths.image_logs()):
+        latest[(record["item_id"], int(record["index"]))] = record
+    return latest
+
+
 class JsonlLog:
     """Append-only JSONL writer; each record is one write of one line, flushed before returning."""
 

@@ -20,8 +20,7 @@ from dpgbench import catalog
 from dpgbench.data import GraphSet, Prompt, read_text
 from dpgbench.errors import DpgBenchError
 from dpgbench.evaluate import cached_answers, run_prompts
-from dpgbench.generate import finished_images
-from dpgbench.runs import RunPaths, read_json, sha256_bytes
+from dpgbench.runs import RunPaths, finished_images, read_json, sha256_bytes
 from dpgbench.scoring import (
     PROTOCOLS,
     CategoryScore,

@@ -234,7 +234,7 @@ def run_folder(backend, root, *, shard=(0, 1), prompts=None):
 
 
 def logged_hashes(paths):
-    from dpgbench.generate import finished_images
+    from dpgbench.runs import finished_images
 
     return {
         key: record["sha256"] for key, record in finished_images(paths).items() if record["status"] == "ok"
