@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import random
 import threading
 import time
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from typing import Any
 from PIL import Image
 
 from dpgbench.errors import DpgBenchError
+from dpgbench.openai_compat import backoff_wait, error_code, error_message
 
 # USD per image from https://openai.com/api/pricing (checked 2025-06): (model, quality, size) -> price.
 # gpt-image-1 is billed by tokens; its responses report usage, which is preferred when present.
@@ -127,37 +127,39 @@ class OpenAIImagesBackend:
                 break
             except openai.BadRequestError as exc:
                 # 1. A refusal is the prompt's fate, not the run's: recorded as a failed image.
-                if _error_code(exc) in REFUSAL_CODES:
+                if error_code(exc) in REFUSAL_CODES:
                     self._count(refused=1)
-                    raise PromptRefused(f"refused by the API ({_error_code(exc)}): {_message(exc)}") from None
+                    raise PromptRefused(
+                        f"refused by the API ({error_code(exc)}): {error_message(exc)}"
+                    ) from None
                 raise DpgBenchError(
-                    f"backend 'openai-images' option rejected by the API: {_message(exc)} "
+                    f"backend 'openai-images' option rejected by the API: {error_message(exc)} "
                     f"(model={c.model}, size={c.size}, quality={c.quality or 'default'})"
                 ) from None
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
                 raise DpgBenchError(
-                    f"backend 'openai-images': {type(exc).__name__}: {_message(exc)}; "
+                    f"backend 'openai-images': {type(exc).__name__}: {error_message(exc)}; "
                     f"check {c.api_key_env}, model={c.model} and base_url"
                 ) from None
             except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as exc:
                 # 2. Busy or flaky service: wait (Retry-After if given, else exponential) and try again.
-                if isinstance(exc, openai.RateLimitError) and _error_code(exc) == "insufficient_quota":
+                if isinstance(exc, openai.RateLimitError) and error_code(exc) == "insufficient_quota":
                     raise DpgBenchError(
-                        f"backend 'openai-images': the account is out of quota ({_message(exc)}); "
+                        f"backend 'openai-images': the account is out of quota ({error_message(exc)}); "
                         "add credit or use another key"
                     ) from None
                 if attempt >= c.max_retries:
                     raise RuntimeError(
-                        f"gave up after {attempt + 1} attempts: {type(exc).__name__}: {_message(exc)}"
+                        f"gave up after {attempt + 1} attempts: {type(exc).__name__}: {error_message(exc)}"
                     ) from None
                 self._count(retries=1)
-                time.sleep(self._wait(attempt, exc))
+                time.sleep(backoff_wait(attempt, exc, self.config.backoff, self.config.max_backoff))
                 attempt += 1
             except openai.APIStatusError as exc:  # other 5xx-like statuses the client has no class for
                 if exc.status_code < 500 or attempt >= c.max_retries:
-                    raise RuntimeError(f"API error {exc.status_code}: {_message(exc)}") from None
+                    raise RuntimeError(f"API error {exc.status_code}: {error_message(exc)}") from None
                 self._count(retries=1)
-                time.sleep(self._wait(attempt, exc))
+                time.sleep(backoff_wait(attempt, exc, self.config.backoff, self.config.max_backoff))
                 attempt += 1
         # 3. Decode the image and account for its cost.
         item = response.data[0]
@@ -179,18 +181,6 @@ class OpenAIImagesBackend:
             # gpt-image models always answer in base64 and reject the parameter; DALL·E defaults to URLs.
             request["response_format"] = "b64_json"
         return request
-
-    def _wait(self, attempt: int, exc: Any) -> float:
-        c = self.config
-        response = getattr(exc, "response", None)
-        header = response.headers.get("retry-after") if response is not None else None
-        try:
-            if header is not None:
-                return min(float(header), c.max_backoff)
-        except ValueError:
-            pass  # an HTTP date instead of seconds: fall back to our own schedule
-        # Jitter spreads parallel workers so they do not hit the limit again together.
-        return min(c.backoff * 2**attempt, c.max_backoff) * random.uniform(0.8, 1.2)
 
     def _cost(self, usage: Any) -> float | None:
         c = self.config
@@ -242,24 +232,6 @@ class OpenAIImagesBackend:
             "config": config,
             "packages": {"openai": version},
         }
-
-
-def _error_code(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("code"):
-            return str(inner["code"])
-    return str(getattr(exc, "code", "") or "")
-
-
-def _message(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return " ".join(str(inner["message"]).split())[:300]
-    return " ".join(str(exc).split())[:300]
 
 
 def _decode(item: Any) -> Image.Image:

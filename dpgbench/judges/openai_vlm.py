@@ -11,7 +11,6 @@ import base64
 import io
 import math
 import os
-import random
 import threading
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from dpgbench.errors import DpgBenchError
+from dpgbench.openai_compat import backoff_wait, error_code, error_message
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -170,25 +170,25 @@ class OpenAIVlmJudge:
                 break
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
                 raise DpgBenchError(
-                    f"judge 'openai-vlm': {type(exc).__name__}: {message(exc)}; "
+                    f"judge 'openai-vlm': {type(exc).__name__}: {error_message(exc)}; "
                     f"check {c.api_key_env}, model={c.model} and base_url={c.base_url or '(OpenAI)'}"
                 ) from None
             except openai.BadRequestError as exc:
                 raise DpgBenchError(
-                    f"judge 'openai-vlm': the API rejected the request ({message(exc)}); "
+                    f"judge 'openai-vlm': the API rejected the request ({error_message(exc)}); "
                     f"check model={c.model} takes image input and the other --judge-arg options"
                 ) from None
             except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as exc:
                 # Busy or flaky service: wait (Retry-After if given, else exponential) and try again.
                 if isinstance(exc, openai.RateLimitError) and error_code(exc) == "insufficient_quota":
                     raise DpgBenchError(
-                        f"judge 'openai-vlm': the account is out of quota ({message(exc)}); add credit or use another key"
+                        f"judge 'openai-vlm': the account is out of quota ({error_message(exc)}); add credit or use another key"
                     ) from None
                 attempt = self._retry_or_give_up(attempt, exc)
             except openai.APIStatusError as exc:  # other statuses the client has no class for
                 if exc.status_code < 500:
                     raise DpgBenchError(
-                        f"judge 'openai-vlm': API error {exc.status_code}: {message(exc)}"
+                        f"judge 'openai-vlm': API error {exc.status_code}: {error_message(exc)}"
                     ) from None
                 attempt = self._retry_or_give_up(attempt, exc)
         choice = response.choices[0]
@@ -223,24 +223,12 @@ class OpenAIVlmJudge:
         c = self.config
         if attempt >= c.max_retries:
             raise DpgBenchError(
-                f"judge 'openai-vlm': gave up after {attempt + 1} attempts ({type(exc).__name__}: {message(exc)}); "
+                f"judge 'openai-vlm': gave up after {attempt + 1} attempts ({type(exc).__name__}: {error_message(exc)}); "
                 "answers so far are cached, run the same command again to resume"
             ) from None
         self._count(retries=1)
-        time.sleep(self._wait(attempt, exc))
+        time.sleep(backoff_wait(attempt, exc, self.config.backoff, self.config.max_backoff))
         return attempt + 1
-
-    def _wait(self, attempt: int, exc: Any) -> float:
-        c = self.config
-        response = getattr(exc, "response", None)
-        header = response.headers.get("retry-after") if response is not None else None
-        try:
-            if header is not None:
-                return min(float(header), c.max_backoff)
-        except ValueError:
-            pass  # an HTTP date instead of seconds: fall back to our own schedule
-        # Jitter spreads parallel workers so they do not hit the limit again together.
-        return min(c.backoff * 2**attempt, c.max_backoff) * random.uniform(0.8, 1.2)
 
     def _prices(self) -> tuple[float, float] | None:
         c = self.config
@@ -280,21 +268,3 @@ def yes_probability(logprobs: Any) -> float:
     first = content[0]
     alternatives = first.top_logprobs or [first]
     return sum(math.exp(alt.logprob) for alt in alternatives if alt.token.strip().lower() == "yes")
-
-
-def error_code(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict):
-            return str(inner.get("code") or inner.get("type") or "")
-    return str(getattr(exc, "code", "") or "")
-
-
-def message(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
