@@ -8,7 +8,7 @@ random (their score tables are what a leaderboard reads). Each figure is printed
 baseline measured in the same process: the raw CSV read of the same tables, and reading + hashing every
 image file once.
 
-    python benchmarks/report_scale.py [--runs 50] [--prompts 1065] [--size 64] [--keep DIR]
+    python benchmarks/report_scale.py [--runs 50] [--prompts 1065] [--size 512] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -150,7 +150,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--prompts", type=int, default=1065)
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels (the dummy backend draws)")
+    # 512 px is SD 1.5's size; thumbnails cost about the decoding of each PNG, so 1024 px takes ~4x as long.
+    parser.add_argument(
+        "--size", type=int, default=512, help="image side in pixels (the dummy backend draws)"
+    )
     parser.add_argument("--keep", type=Path, help="build the folders here and keep them")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="dpgbench-report-scale-"))
@@ -175,20 +178,25 @@ def main() -> int:
             f"{board / baseline:.2f}x the raw read of the same CSV tables ({baseline:.3f} s)"
         )
 
-        # 2. HTML report of one run: per-question detail, thumbnails, plots, page.
+        # 2. HTML report of one run: per-question detail, thumbnails, plots, page. First with an empty
+        # thumbnail cache (every image decoded), then again as the next report of the same run would be.
         baseline = hash_images(run)
-        start = time.perf_counter()
-        detail = load_detail(load_scored(str(run))[0])
-        loaded = time.perf_counter() - start
-        summary = build_report([detail], root / "report.html", ReportConfig())
-        total = time.perf_counter() - start
-        mb = summary.bytes / 1e6
-        verdict = "OK" if total < 60 and mb < 100 else "OVER BUDGET"
-        print(
-            f"report: {summary.prompts} prompts x 4 images ({summary.images} thumbnails) in {total:.1f} s "
-            f"(detail {loaded:.1f} s), {mb:.1f} MB (budget 60 s, 100 MB: {verdict}); "
-            f"{total / baseline:.1f}x reading + hashing every image once ({baseline:.2f} s)"
-        )
+        verdict = "OK"
+        for attempt in ("first", "again"):
+            start = time.perf_counter()
+            detail = load_detail(load_scored(str(run))[0])
+            loaded = time.perf_counter() - start
+            summary = build_report([detail], root / "report.html", ReportConfig())
+            total = time.perf_counter() - start
+            mb = summary.bytes / 1e6
+            ok = "OK" if total < 60 and mb < 100 else "OVER BUDGET"
+            verdict = ok if attempt == "first" else verdict
+            print(
+                f"report ({attempt}, {summary.thumbnails_reused} thumbnails from the cache): {summary.prompts} "
+                f"prompts x 4 images of {args.size}px ({summary.images} thumbnails) in {total:.1f} s "
+                f"(detail {loaded:.1f} s), {mb:.1f} MB (budget 60 s, 100 MB: {ok}); {total / baseline:.1f}x "
+                f"reading + hashing every image once ({baseline:.2f} s)"
+            )
         return 0 if verdict == "OK" and board < 5 else 1
     finally:
         if args.keep is None:

@@ -194,6 +194,10 @@ def compare_cmd(
         png = out.with_suffix(".png")
         figures.save_png(figure, png)
         console.print(f"{png}: {'curves per L1 category' if curve else 'deltas with 95% intervals'}")
+        if curve is not None:
+            png = out.with_name(f"{out.stem}.l2.png")
+            figures.save_png(figures.curve_plot(curve, "l2"), png)
+            console.print(f"{png}: curves per L2 category")
 
 
 def _print_comparison(c: object, top: int) -> None:
@@ -340,6 +344,9 @@ def report_cmd(
         str | None, typer.Option(help="the question file, if it moved since scoring")
     ] = None,
     plots: Annotated[bool, typer.Option(help="category bars and score distributions (matplotlib)")] = True,
+    thumb_cache: Annotated[
+        bool, typer.Option(help="keep thumbnails in RUN/thumbnails/ for the next report of the run")
+    ] = True,
 ) -> None:
     """A self-contained HTML page: summary, plots, and per prompt its images, question tree and answers."""
     from dpgbench.html_report import ReportConfig, build_report
@@ -350,6 +357,8 @@ def report_cmd(
         raise DpgBenchError(f"--thumb-size {thumb_size}: choose between 16 and 1024 pixels")
     if page_size < 1:
         raise DpgBenchError(f"--page-size {page_size}: show at least 1 prompt per page")
+    if out is not None and out.suffix.lower() not in (".html", ".htm"):
+        raise DpgBenchError(f"--out {out}: name the report file with .html")  # before any work is done
     scored = []
     for spec in [run] + ([run_b] if run_b else []):
         found = load_scored(spec, judge)
@@ -363,7 +372,9 @@ def report_cmd(
     if out is None:
         root = scored[0].run_root or scored[0].eval_dir
         out = root / ("report.html" if len(scored) == 1 else f"report_vs_{Path(scored[1].label).name}.html")
-    config = ReportConfig(protocol=protocol, thumb_size=thumb_size, page_size=page_size, plots=plots)
+    config = ReportConfig(
+        protocol=protocol, thumb_size=thumb_size, page_size=page_size, plots=plots, cache=thumb_cache
+    )
     total = sum(1 for d in details for p in d.prompts for image in p.images if image.problem is None)
     with progress_bar("thumbnails", total, "images") as advance:
         summary = build_report(details, out, config, on_image=advance)
@@ -373,6 +384,7 @@ def report_cmd(
         f"{summary.path}: {summary.prompts} prompts, {summary.images} images, {summary.missing_images} missing, "
         f"{summary.invalidated[protocol]} answer(s) invalidated by a failed parent ({protocol}); "
         f"{summary.bytes / 1e6:.1f} MB in {summary.seconds:.1f} s"
+        + (f" ({summary.thumbnails_reused} thumbnails reused)" if summary.thumbnails_reused else "")
     )
     for path in summary.plots:
         console.print(f"{path}: plot")

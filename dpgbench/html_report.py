@@ -9,6 +9,7 @@ invalidated by a failed parent marked. Filters, sorting and paging run in the pa
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
@@ -44,6 +45,9 @@ class ReportConfig:
     page_size: int = 25  # prompts per page
     plots: bool = True
     workers: int = 0  # threads that make thumbnails; 0 = one per CPU
+    # Keep each thumbnail in RUN/thumbnails/<size>px-q<quality>/<image sha256>.jpg: decoding 1024 px PNGs is
+    # most of a report's time, and the next report of the run (another protocol, side by side) reuses them.
+    cache: bool = True
 
 
 @dataclass
@@ -57,6 +61,7 @@ class ReportSummary:
     plots: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    thumbnails_reused: int = 0  # read from the runs' thumbnail caches instead of decoding the image
 
 
 def image_states(detail: PromptDetail, protocol: str) -> list[str]:
@@ -82,8 +87,8 @@ def image_states(detail: PromptDetail, protocol: str) -> list[str]:
     return states
 
 
-def thumbnail(path: Path, size: int, quality: int) -> str | None:
-    """A JPEG data URI of the image shrunk to `size` on its longest side; None if it cannot be read."""
+def thumbnail_jpeg(path: Path, size: int, quality: int) -> bytes | None:
+    """The image shrunk to `size` on its longest side, as JPEG bytes; None if it cannot be read."""
     try:
         with Image.open(path) as image:
             image.draft("RGB", (size, size))  # JPEG sources decode at reduced size directly
@@ -93,30 +98,64 @@ def thumbnail(path: Path, size: int, quality: int) -> str | None:
         return None
     out = io.BytesIO()
     small.save(out, format="JPEG", quality=quality, optimize=True)
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+    return out.getvalue()
+
+
+def thumbnail(path: Path, size: int, quality: int) -> str | None:
+    """A JPEG data URI of the image shrunk to `size` on its longest side; None if it cannot be read."""
+    data = thumbnail_jpeg(path, size, quality)
+    return None if data is None else _data_uri(data)
+
+
+def _data_uri(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def thumbnail_cache(run_root: Path, config: ReportConfig) -> Path:
+    return run_root / "thumbnails" / f"{config.thumb_size}px-q{config.jpeg_quality}"
 
 
 def _thumbnails(
     details: Sequence[RunDetail], config: ReportConfig, on_image: Callable[[int], None] | None
-) -> dict[tuple[int, str, int], str | None]:
+) -> tuple[dict[tuple[int, str, int], str | None], int]:
+    """Data URIs per (run, item_id, image index), and how many came from a cache."""
     jobs = [
-        (r, d.prompt.item_id, image.index, run.run.run_root / image.file)
+        (
+            (r, d.prompt.item_id, image.index),
+            run.run.run_root / image.file,
+            thumbnail_cache(run.run.run_root, config) / f"{image.sha256}.jpg"
+            if config.cache and image.sha256
+            else None,
+        )
         for r, run in enumerate(details)
         for d in run.prompts
         for image in d.images
         if image.problem is None and image.file and run.run.run_root is not None
     ]
 
-    def make(job: tuple[int, str, int, Path]) -> tuple[tuple[int, str, int], str | None]:
-        uri = thumbnail(job[3], config.thumb_size, config.jpeg_quality)
+    def make(
+        job: tuple[tuple[int, str, int], Path, Path | None],
+    ) -> tuple[tuple[int, str, int], str | None, bool]:
+        key, source, cached = job
+        data, reused = None, False
+        if cached is not None:
+            with contextlib.suppress(OSError):
+                data, reused = cached.read_bytes(), True  # named by the image's sha256: never stale
+        if data is None:
+            data = thumbnail_jpeg(source, config.thumb_size, config.jpeg_quality)
+            if data is not None and cached is not None:
+                # A read-only run folder: the report still works, the next one decodes again.
+                with contextlib.suppress(OSError):
+                    write_atomic(cached, data, durable=False)
         if on_image:
             on_image(1)
-        return (job[0], job[1], job[2]), uri
+        return key, None if data is None else _data_uri(data), reused
 
     # Decoding and resizing release the GIL in Pillow, so threads use every core without pickling.
     workers = config.workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return dict(pool.map(make, jobs))
+        made = list(pool.map(make, jobs))
+    return {key: uri for key, uri, _ in made}, sum(reused for _, _, reused in made)
 
 
 def _run_summary(detail: RunDetail, protocol_order: Sequence[str]) -> dict[str, Any]:
@@ -270,10 +309,11 @@ def build_report(
         )
     if out.suffix.lower() not in (".html", ".htm"):
         raise DpgBenchError(f"--out {out}: name the report file with .html")
-    thumbs = _thumbnails(details, config, on_image)
+    thumbs, reused = _thumbnails(details, config, on_image)
     data = _clean(report_data(details, out, thumbs, config))
     first = details[0]
     summary = ReportSummary(out, len(data["prompts"]), sum(1 for v in thumbs.values() if v), 0, {}, 0)
+    summary.thumbnails_reused = reused
     # As the page counts them: no image, or a file that cannot be read (run A).
     summary.missing_images = sum(
         1 for p in data["prompts"] for image in p["runs"][0]["images"] if image["problem"]

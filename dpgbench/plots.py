@@ -106,18 +106,21 @@ def delta_bars(comparison: Comparison, levels: Sequence[str] = ("overall", "l1",
 
 
 def curve_plot(curve: Curve, level: str = "l1") -> Figure:
-    """One line per category (and the overall score) across checkpoints, in the order given."""
-    figure = _figure(max(6.0, 0.9 * len(curve.labels) + 2), 3.8)
+    """One line per category of `level` (and the overall score) across checkpoints, in the order given."""
+    n_lines = sum(1 for lvl, _ in curve.scores if lvl == level) + 1
+    figure = _figure(max(6.0, 0.9 * len(curve.labels) + 2) + 2.2, max(3.8, 0.22 * n_lines + 1.0))
     ax = figure.add_subplot()
     xs = list(range(len(curve.labels)))
-    for (lvl, category), values in curve.scores.items():
-        if lvl == level:
-            ax.plot(xs, values, marker="o", linewidth=1.2, label=category)
+    shown = [(category, values) for (lvl, category), values in curve.scores.items() if lvl == level]
+    for k, (category, values) in enumerate(shown):
+        # The default cycle has 10 colours; the 13 L2 lines continue dashed so no two look alike.
+        ax.plot(xs, values, marker="o", linewidth=1.2, linestyle="-" if k < 10 else "--", label=category)
     ax.plot(xs, curve.scores[("overall", "all")], marker="s", color="black", linewidth=2.2, label="overall")
     ax.set_xticks(xs, curve.labels, rotation=30 if len(xs) > 5 else 0, ha="right")
     ax.set_ylabel(f"score (%, {curve.protocol})")
     ax.set_title(f"{len(xs)} checkpoints on {curve.prompts} common prompts")
-    ax.legend(fontsize="small", ncols=2)
+    # Beside the axes, so no line's last point hides under it.
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     return figure
 
 

@@ -249,6 +249,9 @@ class ImageRef:
     index: int
     file: str | None  # relative to the run folder
     problem: str | None = None  # why this image has no answers
+    sha256: str | None = (
+        None  # of the file's bytes, as its answers are keyed (logged, or read when it changed)
+    )
 
 
 @dataclass
@@ -338,8 +341,9 @@ def _detail(run: ScoredRun, graphs: GraphSet, hash_files: bool) -> RunDetail:
                 images.append(ImageRef(index, (record or {}).get("file"), why))
                 answers.append(None)
                 continue
-            known = _answers_of(paths, record, texts, cache, hash_files)
-            images.append(ImageRef(index, record["file"], None if known is not None else "file is missing"))
+            known, sha = _answers_of(paths, record, texts, cache, hash_files)
+            problem = None if known is not None else "file is missing"
+            images.append(ImageRef(index, record["file"], problem, sha if known is not None else None))
             answers.append(known)
         slots[prompt.item_id] = answers
         details.append(PromptDetail(prompt, images, answers))
@@ -359,20 +363,21 @@ def _answers_of(
     texts: list[str],
     cache: dict[tuple[str, str], str],
     hash_files: bool,
-) -> dict[str, str] | None:
-    """Cached answers of one image, None if its file is gone (evaluate scores it as missing then).
+) -> tuple[dict[str, str] | None, str | None]:
+    """Cached answers of one image and the sha256 they are keyed by; (None, None) if its file is gone
+    (evaluate scores it as missing then).
 
     Fast path: the sha256 logged when the image was made (one stat, no read); otherwise the file's bytes.
     """
     file = paths.root / record["file"]
     sha = record.get("sha256")
     if not hash_files and sha and file.is_file() and any((sha, t) in cache for t in texts):
-        return {t: cache[(sha, t)] for t in texts if (sha, t) in cache}
+        return {t: cache[(sha, t)] for t in texts if (sha, t) in cache}, sha
     try:
         sha = sha256_bytes(file.read_bytes())
     except OSError:
-        return None
-    return {t: cache[(sha, t)] for t in texts if (sha, t) in cache}
+        return None, None
+    return {t: cache[(sha, t)] for t in texts if (sha, t) in cache}, sha
 
 
 def _fill_protocol(
@@ -449,19 +454,25 @@ def _check_sums(details: list[PromptDetail], results: dict[str, ProtocolResult],
                     f"{protocol} {category}: per-prompt detail does not add up to scoring.score"
                 )
         table = run.scores.get(protocol)
-        same = (
-            table is not None
-            and table.n == result.n
-            and (
-                (math.isnan(table.overall) and math.isnan(result.overall))
-                or abs(table.overall - result.overall) < 1e-9
-            )
-        )
-        if not same:
+        # Overall and every category: an image replaced on disk can leave the overall score unchanged.
+        pairs = [("", None if table is None else (table.overall, table.n), (result.overall, result.n))]
+        for level in ("l1", "l2"):
+            have = {} if table is None else getattr(table, level)
+            for category, c in getattr(result, level).items():
+                cell = have.get(category)
+                pairs.append((f" {category}", None if cell is None else (cell.score, cell.n), (c.score, c.n)))
+        for what, shown, (value, n) in pairs:
+            if shown is not None and shown[1] == n and _same_number(shown[0], value):
+                continue
             where = run.run_root or run.eval_dir
-            shown = "missing" if table is None else f"{table.overall:.4f} over {table.n} prompts"
+            unit = "prompts" if not what else "question-image pairs"
+            text = "missing" if shown is None else f"{shown[0]:.4f} over {shown[1]} {unit}"
             raise DpgBenchError(
-                f"{run.eval_dir / 'scores.csv'}: {protocol} score is {shown}, the cached answers give "
-                f"{result.overall:.4f} over {result.n}; the table is stale, rerun `dpgbench score {where} "
+                f"{run.eval_dir / 'scores.csv'}: {protocol}{what} score is {text}, the cached answers give "
+                f"{value:.4f} over {n}; the table is stale, rerun `dpgbench score {where} "
                 f"--judge {run.judge}`"
             )
+
+
+def _same_number(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or abs(a - b) < 1e-9

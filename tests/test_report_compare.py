@@ -246,6 +246,26 @@ def test_a_stale_score_table_is_named(report_runs, tmp_path):
         load_detail(load_scored(str(run))[0])
 
 
+def test_an_image_replaced_on_disk_is_read_even_when_the_overall_score_stays(report_runs, tmp_path):
+    """images.jsonl still names the old sha256; re-scoring keyed the answers by the new bytes. Here the
+    overall strict score happens to stay the same, so only the category sums show the old answers are stale."""
+    import hashlib
+
+    from PIL import Image
+
+    run = shutil.copytree(report_runs["a"], tmp_path / "a", ignore=shutil.ignore_patterns("thumbnails"))
+    before = read_scores_csv(run / "eval" / "dummy" / "scores.csv")["strict"]
+    fox = run / "images" / "demo_fox_0.png"
+    with Image.open(fox) as image:
+        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(fox)
+    assert invoke(["score", str(run), "--judge", "dummy"]).exit_code == 0
+    after = read_scores_csv(run / "eval" / "dummy" / "scores.csv")["strict"]
+    assert after.overall == before.overall and after.l1["attribute"].score != before.l1["attribute"].score
+    detail = load_detail(load_scored(str(run))[0])
+    assert detail.by_id()["demo_fox"].images[0].sha256 == hashlib.sha256(fox.read_bytes()).hexdigest()
+    assert detail.results["strict"].l1["attribute"].score == after.l1["attribute"].score
+
+
 def test_a_deleted_image_counts_as_missing_like_evaluate(report_runs, tmp_path):
     run = shutil.copytree(report_runs["a"], tmp_path / "a")
     (run / "images" / "demo_fox_2.png").unlink()

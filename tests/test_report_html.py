@@ -58,7 +58,7 @@ def page_data(path: Path) -> dict:
 def single(report_runs, tmp_path_factory) -> tuple[Path, object, object]:
     detail = detail_of(report_runs["a"])
     out = tmp_path_factory.mktemp("report") / "report.html"
-    summary = build_report([detail], out, ReportConfig(page_size=5))
+    summary = build_report([detail], out, ReportConfig(page_size=5, cache=False))  # the fixture stays as is
     return out, summary, detail
 
 
@@ -103,6 +103,38 @@ def test_image_states_of_a_missing_image(report_runs, tmp_path):
         "-" * n,
         "-" * n,
     ]  # incomplete grid: not counted
+
+
+def test_thumbnails_are_cached_by_image_hash(report_runs, tmp_path):
+    run = shutil.copytree(report_runs["a"], tmp_path / "a", ignore=shutil.ignore_patterns("thumbnails"))
+    first = build_report([detail_of(run)], tmp_path / "first.html", ReportConfig(plots=False))
+    cache = run / "thumbnails" / "128px-q80"
+    assert (first.images, first.thumbnails_reused, len(list(cache.glob("*.jpg")))) == (48, 0, 48)
+    again = build_report([detail_of(run)], tmp_path / "again.html", ReportConfig(plots=False))
+    assert again.thumbnails_reused == 48
+    thumbs = [
+        [i["thumb"] for i in p["runs"][0]["images"]] for p in page_data(tmp_path / "first.html")["prompts"]
+    ]
+    assert thumbs == [
+        [i["thumb"] for i in p["runs"][0]["images"]] for p in page_data(tmp_path / "again.html")["prompts"]
+    ]
+    # A new image in place of an old one has another sha256: decoded again, never the stale thumbnail.
+    from PIL import Image
+
+    fox = run / "images" / "demo_fox_0.png"
+    with Image.open(fox) as image:
+        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(fox)
+    assert invoke(["score", str(run), "--judge", "dummy"]).exit_code == 0
+    third = build_report([detail_of(run)], tmp_path / "third.html", ReportConfig(plots=False))
+    assert third.thumbnails_reused == 47 and len(list(cache.glob("*.jpg"))) == 49
+    old = {p["id"]: p["runs"][0]["images"] for p in page_data(tmp_path / "first.html")["prompts"]}
+    new = {p["id"]: p["runs"][0]["images"] for p in page_data(tmp_path / "third.html")["prompts"]}
+    assert new["demo_fox"][0]["thumb"] != old["demo_fox"][0]["thumb"]
+    assert new["demo_fox"][1:] == old["demo_fox"][1:]
+    # Without the cache nothing is read or written there.
+    shutil.rmtree(run / "thumbnails")
+    build_report([detail_of(run)], tmp_path / "none.html", ReportConfig(plots=False, cache=False))
+    assert not (run / "thumbnails").exists()
 
 
 def test_report_command_refusals(report_runs, tmp_path):
@@ -237,7 +269,8 @@ def test_single_run_page(browser, single):
 
 def test_two_runs_side_by_side(browser, report_runs, tmp_path):
     out = tmp_path / "side.html"
-    result = invoke(["report", str(report_runs["a"]), str(report_runs["b"]), "--out", str(out), "--no-plots"])
+    args = ["report", str(report_runs["a"]), str(report_runs["b"]), "--out", str(out), "--no-plots"]
+    result = invoke([*args, "--no-thumb-cache"])
     assert result.exit_code == 0, result.output
     assert "12 prompts, 96 images, 0 missing" in result.output
     open_page(browser, out)

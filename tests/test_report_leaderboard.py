@@ -152,6 +152,37 @@ def test_reference_rows_come_with_sources_and_are_flagged(report_runs, tmp_path)
     assert result.exit_code == 0 and len(list(csv.DictReader(io.StringIO(result.output)))) == 8
 
 
+# ELLA paper (arXiv 2403.05135v1), Table 4 "Evaluation results on DPG-Bench" (mPLUG-large answers), typed in
+# by hand from the paper, in the paper's row order: Average, Global, Entity, Attribute, Relation, Other.
+TABLE_4 = {
+    "SD v2": (68.09, 77.67, 78.13, 74.91, 80.72, 80.66),
+    "PixArt-α": (71.11, 74.97, 79.32, 78.60, 82.57, 76.96),
+    "Playground v2": (74.54, 83.61, 79.91, 82.67, 80.62, 81.22),
+    "DALL·E 3": (83.50, 90.97, 89.61, 88.39, 90.58, 89.83),
+    "SD v1.5": (63.18, 74.63, 74.23, 75.39, 73.49, 67.81),
+    "ELLA-SD1.5": (74.91, 84.03, 84.61, 83.48, 84.03, 80.79),
+    "SDXL": (74.65, 83.27, 82.43, 80.91, 86.76, 80.41),
+    "ELLA-SDXL": (80.23, 85.90, 85.34, 86.67, 86.16, 87.41),
+}
+
+
+def test_every_reference_number_is_the_papers_table_4():
+    """All 48 numbers of results/reference.csv, each with the same source, flagged as self-reported."""
+    refs = {r["model"]: r for r in load_reference()}
+    assert set(refs) == set(TABLE_4)
+    for model, numbers in TABLE_4.items():
+        row = refs[model]
+        assert tuple(row[c] for c in ("overall", "global", "entity", "attribute", "relation", "other")) == (
+            numbers
+        ), model
+        assert (row["protocol"], row["judge"], row["self_reported"]) == ("official", "mPLUG-large", "yes")
+        assert row["source"] == "ELLA paper (Hu et al. 2024), Table 4"
+        assert row["source_url"] == "https://arxiv.org/abs/2403.05135v1"
+    # The text cells keep two decimals as printed (83.50, not 83.5).
+    with open(REFERENCE_CSV, newline="", encoding="utf-8") as f:
+        assert {r["model"]: r["overall"] for r in csv.DictReader(f)}["DALL·E 3"] == "83.50"
+
+
 def test_a_reference_number_without_a_source_is_refused(tmp_path):
     bad = tmp_path / "ref.csv"
     lines = REFERENCE_CSV.read_text(encoding="utf-8").splitlines()
