@@ -27,7 +27,8 @@ class AnswerTable:
     answers: dict[str, list[dict[str, str] | None]]  # item_id -> per-image {question text: answer}
     n_images: int
     layout: str  # "dpgbench" | "dsg"
-    rows: int = 0
+    rows: int = 0  # rows selected by `where` (all rows without it)
+    not_selected: int = 0  # rows left out by `where`
     ignored: list[Note] = field(default_factory=list)  # unknown items / questions, not selected rows
     not_yes_no: list[Note] = field(default_factory=list)
 
@@ -39,7 +40,7 @@ def read_answer_table(
     path = Path(path)
     text = read_text(path)
     if not text.strip():
-        raise DpgBenchError(f"{path}: empty file; expected a header: {','.join(OUR_COLUMNS)}")
+        raise DpgBenchError(f"{path}:1: empty file; expected a header: {','.join(OUR_COLUMNS)}")
     reader = csv.reader(io.StringIO(text, newline=""))
     header = [h.strip() for h in next(reader)]
     if all(c in header for c in OUR_COLUMNS):
@@ -49,7 +50,7 @@ def read_answer_table(
     else:
         raise DpgBenchError(
             f"{path}:1: columns {','.join(header)} are neither {','.join(OUR_COLUMNS)} "
-            f"nor the DSG release layout {','.join(DSG_COLUMNS)}"
+            f"nor the DSG release layout {','.join(DSG_COLUMNS)}; rename the header columns"
         )
     for column in where or {}:
         if column not in header:
@@ -64,16 +65,22 @@ def read_answer_table(
         if not any(cell.strip() for cell in record):
             continue
         if len(record) < len(header):
-            raise DpgBenchError(f"{path}:{start}: {len(record)} fields, the header has {len(header)}")
+            raise DpgBenchError(
+                f"{path}:{start}: {len(record)} fields, the header has {len(header)}; "
+                "quote fields that contain commas"
+            )
         cells = {name: record[i] for name, i in col.items()}
         if where and any(cells[k] != v for k, v in where.items()):
+            table.not_selected += 1
             continue
         table.rows += 1
         item_id = cells["item_id"].strip()
         index = _integer(cells, "image_index", path, start) if layout == "dpgbench" else 0
         pid = _integer(cells, qid_column, path, start)
         if not 0 <= index < n_images:
-            raise DpgBenchError(f"{path}:{start}: image_index {index} is outside 0-{n_images - 1}")
+            raise DpgBenchError(
+                f"{path}:{start}: image_index {index} is outside 0-{n_images - 1}; number the images 0-3"
+            )
         prompt = by_id.get(item_id)
         if prompt is None:
             table.ignored.append(
@@ -109,7 +116,9 @@ def _integer(cells: dict[str, str], column: str, path: Path, line: int) -> int:
     try:
         return int(cells[column].strip())
     except ValueError:
-        raise DpgBenchError(f"{path}:{line}: {column} '{cells[column]}' is not an integer") from None
+        raise DpgBenchError(
+            f"{path}:{line}: {column} '{cells[column]}' is not an integer; write whole numbers (0, 1, 2, ...)"
+        ) from None
 
 
 def write_score_tables(out: Path, results: Mapping[str, ProtocolResult]) -> None:

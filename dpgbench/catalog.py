@@ -85,20 +85,22 @@ def local_path(benchmark: Benchmark) -> Path:
     return cache_dir() / benchmark.filename
 
 
-def verify(benchmark: Benchmark, path: Path) -> None:
-    """Raise unless the file is the pinned upstream file."""
+def verify(benchmark: Benchmark, path: Path, source: str | None = None) -> None:
+    """Raise unless the file is the pinned upstream file; `source` names it in the message (the user's copy
+    or the URL, not the temporary file it was downloaded to)."""
+    where = source or str(path)
     if benchmark.git_blob:
         got = git_blob_id(path)
         if got != benchmark.git_blob:
             raise DpgBenchError(
-                f"{path}: git blob id {got} is not the official {benchmark.git_blob}; "
+                f"{where}: git blob id {got} is not the official {benchmark.git_blob}; "
                 f"this is not the pinned {benchmark.name} file, get it from {benchmark.url}"
             )
     if benchmark.sha256:
         got = sha256_file(path)
         if got != benchmark.sha256:
             raise DpgBenchError(
-                f"{path}: sha256 {got} is not the pinned {benchmark.sha256}; get the file from {benchmark.url}"
+                f"{where}: sha256 {got} is not the pinned {benchmark.sha256}; get the file from {benchmark.url}"
             )
 
 
@@ -119,6 +121,7 @@ def fetch(name: str, local_copy: Path | None = None, url: str | None = None) -> 
                     f"{local_copy}: no such file; give the path of your copy of {benchmark.filename}"
                 )
             shutil.copyfile(local_copy, tmp)
+            source = str(local_copy)
         else:
             source = url or benchmark.url
             try:
@@ -127,10 +130,10 @@ def fetch(name: str, local_copy: Path | None = None, url: str | None = None) -> 
             except (urllib.error.URLError, OSError) as exc:
                 reason = getattr(exc, "reason", exc)
                 raise DpgBenchError(
-                    f"could not download {source} ({reason}); check the network, or download it elsewhere "
+                    f"could not download {source} ({reason}); offline? Check the network, or download the file elsewhere "
                     f"and run `dpgbench data fetch {name} --csv PATH`"
                 ) from None
-        verify(benchmark, tmp)
+        verify(benchmark, tmp, source)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

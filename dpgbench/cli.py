@@ -6,6 +6,7 @@ rich progress bar with rate and ETA; rerunning the same command resumes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import traceback
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from typer.exceptions import TyperException
 
@@ -23,7 +25,16 @@ from dpgbench.backends import BACKENDS
 from dpgbench.data import GraphSet, save_graphs
 from dpgbench.errors import DpgBenchError
 from dpgbench.evaluate import EvaluateConfig, EvaluateSummary, evaluate, write_eval_manifest
-from dpgbench.generate import GenerateConfig, GenerateSummary, generate, select_prompts, write_manifest
+from dpgbench.generate import (
+    GenerateConfig,
+    GenerateSummary,
+    generate,
+    model_differences,
+    package_differences,
+    replay_config,
+    select_prompts,
+    write_manifest,
+)
 from dpgbench.graphcheck import check_graphs
 from dpgbench.judges import JUDGES
 from dpgbench.runs import (
@@ -79,7 +90,7 @@ def print_scores(results: dict[str, ProtocolResult]) -> None:
             for why in r.excluded.values():
                 reasons[why] = reasons.get(why, 0) + 1
             listed = "; ".join(f"{n} x {why}" for why, n in sorted(reasons.items()))
-            console.print(f"[yellow]{name}[/]: {len(r.excluded)} prompt(s) not counted: {listed}")
+            console.print(f"[yellow]{name}[/]: {len(r.excluded)} prompt(s) not counted: {escape(listed)}")
         if r.missing_images:
             console.print(f"[yellow]{name}[/]: {len(r.missing_images)} missing image(s) scored 0")
 
@@ -93,17 +104,29 @@ def load_prompts(spec: str) -> GraphSet:
 # -------------------------------------------------------------------------------------------- commands
 
 
-Pairs = Annotated[list[str] | None, typer.Option(help="key=value, repeatable")]
+BackendArgs = Annotated[
+    list[str] | None,
+    typer.Option(help="backend option key=value, repeatable (options: `dpgbench ls backends -v`)"),
+]
+JudgeArgs = Annotated[
+    list[str] | None,
+    typer.Option(help="judge option key=value, repeatable (options: `dpgbench ls judges -v`)"),
+]
+Where = Annotated[
+    list[str] | None,
+    typer.Option(help="with --answers: keep only rows whose column has this value, e.g. t2i_model=sd2dot1"),
+]
 
 
 @app.command("generate")
 def generate_cmd(
+    ctx: typer.Context,
     backend: Annotated[str | None, typer.Option(help="backend name (`dpgbench ls backends`)")] = None,
     prompts: Annotated[
         str, typer.Option(help="benchmark name or path (.csv, .jsonl, folder of .txt)")
     ] = "dpg-bench",
     out: Annotated[Path | None, typer.Option(help="run folder (default results/<backend>)")] = None,
-    backend_arg: Pairs = None,
+    backend_arg: BackendArgs = None,
     seed: Annotated[int, typer.Option(help="base seed; image seeds derive from (seed, item_id, index)")] = 0,
     images_per_prompt: Annotated[int, typer.Option(help="images per prompt (DPG-Bench uses 4)")] = 4,
     limit: Annotated[int | None, typer.Option(help="only the first N prompts")] = None,
@@ -113,9 +136,31 @@ def generate_cmd(
     ] = None,
     retry_failed: Annotated[bool, typer.Option(help="retry images that failed in an earlier pass")] = True,
 ) -> None:
-    """Make images for every prompt (4 per prompt), resumable and reproducible."""
+    """Make images for every prompt (4 per prompt), resumable and reproducible.
+
+    `--from RUN/manifest.json --out NEW` replays a run (its hub model pinned to the commit it used);
+    --backend-arg, --limit and --shard may be added, options that change the experiment may not.
+    """
+    recorded = None
     if from_manifest is not None:
-        config = GenerateConfig(**read_json(from_manifest)["config"])
+        given = [
+            "--" + name.replace("_", "-")
+            for name in ("backend", "prompts", "seed", "images_per_prompt")
+            if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+        ]
+        if given:
+            raise DpgBenchError(
+                f"--from replays the run's settings and {', '.join(given)} would change them: drop "
+                f"{'it' if len(given) == 1 else 'them'}, or run without --from"
+            )
+        manifest = read_json(from_manifest)
+        in_place = out is None or out.resolve() == from_manifest.parent.resolve()
+        overrides = registry.parse_pairs(backend_arg or [], "--backend-arg")
+        config = replay_config(manifest, overrides, pin=not in_place)
+        config = dataclasses.replace(config, limit=limit if limit is not None else config.limit)
+        if getattr(ctx.get_parameter_source("retry_failed"), "name", "") == "COMMANDLINE":
+            config.retry_failed = retry_failed
+        recorded = None if in_place else manifest  # in place is a resume, checked by the manifest itself
         out = out or from_manifest.parent
     else:
         if backend is None:
@@ -125,12 +170,33 @@ def generate_cmd(
         args = registry.parse_pairs(backend_arg or [], "--backend-arg")
         config = GenerateConfig(backend, args, prompts, images_per_prompt, seed, limit, retry_failed)
     out = out or Path("results") / config.backend
-    summary = run_generate(config, out, shard)
+    summary = run_generate(config, out, shard, recorded)
     if summary.failed:
         raise typer.Exit(1)
 
 
-def run_generate(config: GenerateConfig, out: Path, shard_text: str | None) -> GenerateSummary:
+def check_replay(recorded: dict, prompts_sha256: str, info: dict) -> None:
+    """A replay must use the recorded prompts and model files; other differences are only reported."""
+    if recorded.get("identity", {}).get("prompts_sha256") not in (None, prompts_sha256):
+        raise DpgBenchError(
+            f"--from: the prompt file {recorded['config']['prompts']} changed since the run was made "
+            "(its sha256 differs); replay needs the same prompts"
+        )
+    changed = model_differences(recorded.get("backend") or {}, info)
+    files = [c for c in changed if not c.startswith("dtype")]
+    if files:
+        raise DpgBenchError(
+            f"--from: the model is not the one the run used ({'; '.join(files)}); replay needs the same files"
+        )
+    moved = [c for c in changed if c.startswith("dtype")]
+    moved += package_differences(recorded.get("backend") or {}, info)
+    if moved:
+        warn_notes(moved, "difference(s) from the recorded run: pixels may not match exactly", show=5)
+
+
+def run_generate(
+    config: GenerateConfig, out: Path, shard_text: str | None, recorded: dict | None = None
+) -> GenerateSummary:
     graphs = load_prompts(config.prompts)
     shard = combined_shard(shard_text)
     chosen = select_prompts(graphs.prompts, config.limit, (0, 1))
@@ -139,6 +205,8 @@ def run_generate(config: GenerateConfig, out: Path, shard_text: str | None) -> G
     # Refuse a folder made differently before loading a model for minutes.
     check_manifest(paths.manifest, config.identity(graphs.sha256), "run")
     backend = registry.create(BACKENDS, config.backend, "backend", config.backend_args)
+    if recorded is not None:
+        check_replay(recorded, graphs.sha256, backend.info())
     write_manifest(paths, config, graphs.sha256, [p.item_id for p in chosen], backend.info())
     total = len(mine) * config.images_per_prompt
     with progress_bar(f"generate {config.backend}", total, "images") as advance:
@@ -147,9 +215,16 @@ def run_generate(config: GenerateConfig, out: Path, shard_text: str | None) -> G
         finally:
             # API backends know their usage and cost only now; keep it with the run even after an error.
             write_manifest(paths, config, graphs.sha256, [p.item_id for p in chosen], backend.info())
-    usage = backend.info().get("usage")
-    if usage:
-        console.print(f"backend usage: {usage}", highlight=False)
+    info = backend.info()
+    if info.get("usage"):
+        console.print(f"backend usage: {info['usage']}", highlight=False)
+    if info.get("prompts_over_token_limit"):
+        console.print(
+            f"note: {info['prompts_over_token_limit']} of {len(mine)} prompts are longer than the "
+            f"{info['text_token_limit']} tokens the text encoder takes; the pipeline cut them (as it does "
+            "for everyone)",
+            highlight=False,
+        )
     console.print(
         f"{out}: {summary.done} image(s) made, {summary.skipped} already done, {len(summary.failed)} failed "
         f"in {summary.seconds:.1f} s"
@@ -160,7 +235,7 @@ def run_generate(config: GenerateConfig, out: Path, shard_text: str | None) -> G
         )
     )
     for failure in summary.failed[:10]:
-        err_console.print(f"[red]failed[/] {failure.item_id}[{failure.index}]: {failure.reason}")
+        err_console.print(f"[red]failed[/] {escape(f'{failure.item_id}[{failure.index}]: {failure.reason}')}")
     if len(summary.failed) > 10:
         err_console.print(f"... and {len(summary.failed) - 10} more in {paths.images_log(*shard).name}")
     return summary
@@ -177,15 +252,22 @@ def combined_shard(shard_text: str | None) -> tuple[int, int]:
 def score_cmd(
     run: Annotated[Path | None, typer.Argument(help="run folder made by `dpgbench generate`")] = None,
     judge: Annotated[str, typer.Option(help="judge name (`dpgbench ls judges`)")] = "mplug-large",
-    judge_arg: Pairs = None,
+    judge_arg: JudgeArgs = None,
     questions: Annotated[
         str | None, typer.Option(help="question graphs: benchmark name or path (default: the run's prompts)")
     ] = None,
     answers: Annotated[
-        Path | None, typer.Option(help="score an answer table made elsewhere (with --out)")
+        Path | None,
+        typer.Option(
+            help="score an answer table made elsewhere (with --questions and --out): columns "
+            "item_id,image_index,proposition_id,answer, or DSG's item_id,question_id,answer"
+        ),
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="output folder for --answers")] = None,
-    where: Pairs = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="with --answers: folder for scores.csv, prompt_scores.csv, summary.json"),
+    ] = None,
+    where: Where = None,
     images_per_call: Annotated[int, typer.Option(help="images per judge call (judges that batch)")] = 4,
     label: Annotated[
         str | None,
@@ -197,7 +279,10 @@ def score_cmd(
     ] = False,
     shard: Annotated[str | None, typer.Option(help="i/n: this job's share, for job arrays")] = None,
 ) -> None:
-    """Ask a judge about every image of a run (cached, resumable) and score it under all protocols."""
+    """Ask a judge about every image of a run (cached, resumable) and score it under all protocols.
+
+    Without a run: `dpgbench score --questions Q --answers A.csv --out DIR` scores answers made elsewhere.
+    """
     if answers is not None:
         score_answer_table(questions, answers, out, registry.parse_pairs(where or [], "--where"))
         return
@@ -243,7 +328,9 @@ def report_evaluation(paths: RunPaths, judge: str, summary: EvaluateSummary) -> 
         f"{summary.images} image(s) judged in {summary.seconds:.1f} s"
     )
     for problem in summary.problems[:10]:
-        err_console.print(f"[yellow]image problem[/] {problem.file}: {problem.reason} (scored 0 in strict)")
+        err_console.print(
+            f"[yellow]image problem[/] {escape(problem.file)}: {escape(problem.reason)} (scored 0 in strict)"
+        )
     if len(summary.problems) > 10:
         err_console.print(f"... {len(summary.problems)} image problems in all, listed in summary.json")
     if summary.not_in_questions:
@@ -270,6 +357,10 @@ def score_answer_table(questions: str | None, answers: Path, out: Path | None, w
             "--answers needs --questions (the question graphs) and --out (a folder for the tables)"
         )
     graphs = load_prompts(questions)
+    if not graphs.has_questions:
+        raise DpgBenchError(
+            f"{questions} has prompts but no questions; pass question graphs (a DSG-format CSV or dpg-bench)"
+        )
     table = read_answer_table(answers, graphs, where)
     warn_notes(table.ignored, "answer row(s) ignored")
     warn_notes(table.not_yes_no, "answer(s) are neither yes nor no")
@@ -284,6 +375,7 @@ def score_answer_table(questions: str | None, answers: Path, out: Path | None, w
             "layout": table.layout,
             "rows_used": table.rows - len(table.ignored),
             "rows_ignored": len(table.ignored),
+            "rows_not_selected": table.not_selected,
             "not_yes_no": len(table.not_yes_no),
             "unanswered": stats.unanswered,
             "prompts_without_answers": sum(1 for p in graphs.prompts if p.item_id not in table.answers),
@@ -291,7 +383,9 @@ def score_answer_table(questions: str | None, answers: Path, out: Path | None, w
     )
     console.print(
         f"{answers}: {table.rows - len(table.ignored)} answer(s) used, {len(table.ignored)} ignored, "
-        f"{stats.unanswered} question(s) of answered images without an answer"
+        + (f"{table.not_selected} not selected by --where, " if where else "")
+        + f"{stats.unanswered} question(s) of answered images without an answer",
+        highlight=False,
     )
     print_scores(results)
     console.print(f"tables: {out / 'scores.csv'}, {out / 'prompt_scores.csv'}")
@@ -369,13 +463,20 @@ def lint_cmd(
     """Check question graphs: ids, parents, cycles, order, yes/no form, tuple mentions, empty fields."""
     errors = 0
     for spec in files:
-        graphs = catalog.resolve(spec)
+        try:
+            graphs = catalog.resolve(spec)
+        except DpgBenchError as exc:  # one unreadable file must not hide the findings of the others
+            if len(files) == 1:
+                raise
+            err_console.print(f"[red]error[/]: {escape(str(exc))}", highlight=False, soft_wrap=True)
+            errors += 1
+            continue
         findings = [f for f in check_graphs(graphs) if warnings or f.level == "error"]
         n_errors = sum(f.level == "error" for f in findings)
         errors += n_errors
         for finding in findings[:show]:
             style = "red" if finding.level == "error" else "yellow"
-            console.print(f"[{style}]{finding}[/]", highlight=False, soft_wrap=True)
+            console.print(f"[{style}]{escape(str(finding))}[/]", highlight=False, soft_wrap=True)
         if len(findings) > show:
             console.print(f"... {len(findings) - show} more (use --show)")
         counts: dict[str, int] = {}
@@ -495,8 +596,12 @@ def import_folder_cmd(
     )
     warn_notes([f"{p.file}: {p.problem}" for p in report.problems], "file(s) could not be used", show=10)
     warn_notes([f"{item}[{index}]" for item, index in report.missing], "image(s) missing", show=5)
-    if report.imported + report.unchanged:
-        console.print(f"next: dpgbench score {out} --judge mplug-large")
+    if not report.imported + report.unchanged:
+        raise DpgBenchError(
+            f"{src}: no usable image for the {len(graphs.prompts)} prompts of {prompts} (problems above); "
+            "check --prompts, the file names (<item_id>_<index>.png, or <item_id>.png with --grid-tile)"
+        )
+    console.print(f"next: dpgbench score {out} --judge mplug-large")
 
 
 @app.command("export-grids")
@@ -594,7 +699,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             console.print(ctx.get_help(), highlight=False)
             sys.exit(0)
         command = ctx.command_path if ctx is not None else "dpgbench"
-        err_console.print(f"[red]error[/]: {message} (see `{command} --help`)", highlight=False)
+        err_console.print(f"[red]error[/]: {escape(message)} (see `{command} --help`)", highlight=False)
         sys.exit(1)
     except typer.Abort:
         err_console.print("interrupted: finished work is saved; rerun the same command to resume")
@@ -602,7 +707,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except DpgBenchError as exc:
         if debug:
             traceback.print_exc()
-        err_console.print(f"[red]error[/]: {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error[/]: {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("interrupted: finished work is saved; rerun the same command to resume")
@@ -611,7 +716,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if debug:
             traceback.print_exc()
         err_console.print(
-            f"[red]internal error[/]: {type(exc).__name__}: {exc} "
+            f"[red]internal error[/]: {type(exc).__name__}: {escape(str(exc))} "
             "(rerun with DPGBENCH_DEBUG=1 for the traceback and please report it)",
             highlight=False,
             soft_wrap=True,

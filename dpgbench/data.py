@@ -150,7 +150,7 @@ def load_csv(path: str | Path, name: str | None = None) -> GraphSet:
     path = Path(path)
     text = read_text(path)
     if not text.strip():
-        raise DpgBenchError(f"{path}: empty file; expected a header row: {','.join(CSV_COLUMNS)}")
+        raise DpgBenchError(f"{path}:1: empty file; expected a header row: {','.join(CSV_COLUMNS)}")
     reader = csv.reader(io.StringIO(text, newline=""))
     header = [h.strip() for h in next(reader)]
     missing = [c for c in CSV_COLUMNS if c not in header]
@@ -226,7 +226,7 @@ def load_jsonl(path: str | Path, name: str | None = None) -> GraphSet:
     path = Path(path)
     text = read_text(path)
     if not text.strip():
-        raise DpgBenchError(f"{path}: empty file; expected one JSON object per line with item_id and text")
+        raise DpgBenchError(f"{path}:1: empty file; expected one JSON object per line with item_id and text")
     prompts: dict[str, Prompt] = {}
     notes: list[Note] = []
     row = 0

@@ -44,20 +44,34 @@ def load_class(table: Mapping[str, Entry], name: str, kind: str) -> type:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        extra = entry.extra or "all"
-        raise DpgBenchError(
-            f"{kind} '{name}' needs a package that is not installed ({exc.name or exc}): "
-            f"pip install 'dpgbench[{extra}]'"
-        ) from exc
+        raise missing_package(entry, name, kind, exc) from exc
     cls: type = getattr(module, class_name)
     return cls
+
+
+def missing_package(entry: Entry, name: str, kind: str, exc: ImportError) -> DpgBenchError:
+    """The one-line fix for an ImportError, whether at module import or (lazily) in the constructor."""
+    extra = entry.extra or "all"
+    missing = exc.name or str(exc)
+    torch_rule = (
+        " (install torch first, in its own pip call: see the README)"
+        if missing.split(".")[0] in ("torch", "torchvision")
+        else ""
+    )
+    return DpgBenchError(
+        f"{kind} '{name}' needs a package that is not installed ({missing}): "
+        f"pip install 'dpgbench[{extra}]'{torch_rule}"
+    )
 
 
 def create(table: Mapping[str, Entry], name: str, kind: str, args: Mapping[str, str]) -> Any:
     """Instantiate `name` with its Config built from string arguments (CLI `key=value` pairs)."""
     cls = load_class(table, name, kind)
     config = parse_config(cls.Config, args, kind=kind, name=name)  # type: ignore[attr-defined]
-    return cls(config)
+    try:
+        return cls(config)
+    except ModuleNotFoundError as exc:  # backends and judges import torch etc. lazily, here
+        raise missing_package(lookup(table, name, kind), name, kind, exc) from exc
 
 
 def parse_pairs(pairs: list[str], flag: str) -> dict[str, str]:

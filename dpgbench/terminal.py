@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -62,6 +63,6 @@ def fmt(value: float) -> str:
 def warn_notes(notes: Sequence[Any], what: str, show: int = 3) -> None:
     if not notes:
         return
-    err_console.print(f"[yellow]warning[/]: {len(notes)} {what}; first: {notes[0]}")
+    err_console.print(f"[yellow]warning[/]: {escape(f'{len(notes)} {what}; first: {notes[0]}')}")
     for note in notes[1:show]:
-        err_console.print(f"         {note}")
+        err_console.print(f"         {escape(str(note))}")

@@ -17,6 +17,7 @@ from dpgbench.backends.dummy import DummyBackend, DummyConfig
 from dpgbench.cli import main
 from dpgbench.data import load_csv
 from dpgbench.errors import DpgBenchError
+from dpgbench.judges.dummy import DummyJudge, DummyJudgeConfig
 from dpgbench.runs import read_jsonl
 from dpgbench.scoring import score
 
@@ -383,3 +384,280 @@ def test_soft_scores_are_recorded_and_averaged(demo_run: Path, capsys):
     soft = json.loads((demo_run / "eval" / "soft" / "summary.json").read_text())["soft_score"]
     assert soft["n"] == 12 and soft["prompts"] == pytest.approx(expected)
     assert soft["overall"] == pytest.approx(sum(expected.values()) / 12)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Bad input through the real commands: one line naming file and line, exit 1, never a traceback.
+
+HEADER = "item_id,text,keywords,proposition_id,dependency,category_broad,category_detailed,tuple,question_natural_language"
+GOOD_QUESTIONS = (
+    HEADER + "\np,t,k,1,0,entity,whole,entity - whole (x),Is there x?\n"
+    'p,t,k,2,1,attribute,color,"attribute - color (x, red)",Is x red?\n'
+)
+BAD_QUESTION_FILES = {
+    "missing columns": (b"item_id,text\nx,y\n", "q.csv:1: missing column(s) keywords, proposition_id"),
+    "non-integer id": (
+        (HEADER + "\np,t,k,one,0,entity,whole,entity - whole (x),Is there x?\n").encode(),
+        "q.csv:2: proposition_id 'one' is not an integer",
+    ),
+    "empty file": (b"", "q.csv:1: empty file; expected a header row"),
+    "not UTF-8": (
+        HEADER.encode() + b"\np,caf\xe9,k,1,0,e,w,t (x),Is x?\n",
+        "q.csv:2: not UTF-8 (byte 0xe9); re-save the file as UTF-8",
+    ),
+    "short row": ((HEADER + "\np,t,k,1,0\n").encode(), "q.csv:2: 5 fields, the header has 9"),
+}
+BAD_ANSWER_FILES = {
+    "missing columns": (
+        b"item_id,image_index,answer\np,0,yes\n",
+        "a.csv:1: columns item_id,image_index,answer",
+    ),
+    "non-integer id": (
+        b"item_id,image_index,proposition_id,answer\np,0,one,yes\n",
+        "a.csv:2: proposition_id 'one' is not an integer",
+    ),
+    "non-integer image": (
+        b"item_id,image_index,proposition_id,answer\np,first,1,yes\n",
+        "a.csv:2: image_index 'first' is not an integer",
+    ),
+    "image out of range": (
+        b"item_id,image_index,proposition_id,answer\np,4,1,yes\n",
+        "a.csv:2: image_index 4 is outside 0-3",
+    ),
+    "empty file": (b"", "a.csv:1: empty file"),
+    "not UTF-8": (
+        b"item_id,image_index,proposition_id,answer\np,0,1,yes\np,0,2,s\xed\n",
+        "a.csv:3: not UTF-8 (byte 0xed)",
+    ),
+    "two answers": (
+        b"item_id,image_index,proposition_id,answer\np,0,1,yes\np,0,1,no\n",
+        "a.csv:3: a second answer for p image 0 question 1 (first on line 2)",
+    ),
+}
+
+
+def assert_one_line_error(code: int, err: str, message: str) -> None:
+    assert code == 1, err
+    assert message in err, err
+    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+
+
+@pytest.mark.parametrize("case", list(BAD_QUESTION_FILES))
+def test_bad_question_file_in_lint_and_score(tmp_path: Path, capsys, case: str):
+    content, message = BAD_QUESTION_FILES[case]
+    questions = tmp_path / "q.csv"
+    questions.write_bytes(content)
+    answers = answers_csv(tmp_path, ["p,0,1,yes"])
+    assert_one_line_error(*run(["lint", str(questions)], capsys)[::2], message)
+    code, _, err = run(
+        ["score", "--questions", str(questions), "--answers", str(answers), "--out", str(tmp_path / "o")],
+        capsys,
+    )
+    assert_one_line_error(code, err, message)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("case", list(BAD_ANSWER_FILES))
+def test_bad_answer_file_in_score(tmp_path: Path, capsys, case: str):
+    content, message = BAD_ANSWER_FILES[case]
+    questions = tmp_path / "q.csv"
+    questions.write_text(GOOD_QUESTIONS)
+    answers = tmp_path / "a.csv"
+    answers.write_bytes(content)
+    code, _, err = run(
+        ["score", "--questions", str(questions), "--answers", str(answers), "--out", str(tmp_path / "o")],
+        capsys,
+    )
+    assert_one_line_error(code, err, message)
+
+
+def test_recorded_answers_count_everything_ignored(tmp_path: Path, capsys):
+    import json
+
+    questions = tmp_path / "q.csv"
+    questions.write_text(GOOD_QUESTIONS)
+    rows = ["p,0,1,yes", "p,0,2,maybe", "ghost,0,1,yes", "p,1,9,yes", "p,1,1,No", "p,2,1,[bold]"]
+    code, out, err = run(
+        [
+            "score",
+            "--questions",
+            str(questions),
+            "--answers",
+            str(answers_csv(tmp_path, rows)),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert (
+        "answers.csv: 4 answer(s) used, 2 ignored, 2 question(s) of answered images without an answer" in out
+    )
+    assert "2 answer row(s) ignored; first: " in err and "answers.csv:4: unknown item_id 'ghost'" in err
+    assert "answers.csv:5: p has no question 9" in err
+    # rich markup in user text is printed as is, not swallowed
+    assert "2 answer(s) are neither yes nor no" in err and "answers.csv:7: answer '[bold]'" in err
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert (summary["rows_used"], summary["rows_ignored"], summary["not_yes_no"], summary["unanswered"]) == (
+        4,
+        2,
+        2,
+        2,
+    )
+    # image 0: [1, 0] = 1/2; image 1 ("No"): 0; image 2 ("[bold]"): 0; image 3 missing: 0
+    with open(tmp_path / "o" / "prompt_scores.csv") as f:
+        scores = {(r["protocol"], r["item_id"]): float(r["score"]) for r in csv.DictReader(f)}
+    assert scores == {("strict", "p"): 12.5, ("dsg", "p"): 12.5}  # official: no complete grid
+
+
+def test_where_counts_the_rows_it_leaves_out(shared_dir: Path, tmp_path: Path, capsys):
+    header = "dsg_prompt_split,qg_model,t2i_model,item_id,question,question_id,dependency_id,answer"
+    rows = [
+        "tifa160,dsg,sd1dot5,coco_62896,Is there a light?,1,0,yes",
+        "tifa160,dsg,sd1dot5,coco_62896,Is there a signpost?,2,0,no",
+        "tifa160,dsg,sd2dot1,coco_62896,Is there a light?,1,0,no",
+    ]
+    path = answers_csv(tmp_path, rows, header)
+    tifa = str(shared_dir / "dsg" / "tifa160-dev-anns.csv")
+    args = ["score", "--questions", tifa, "--answers", str(path), "--out", str(tmp_path / "o")]
+    code, out, err = run([*args, "--where", "t2i_model=sd2dot1"], capsys)
+    assert code == 0, err
+    assert "1 answer(s) used, 0 ignored, 2 not selected by --where" in out
+
+
+def test_answers_need_question_graphs(shared_dir: Path, tmp_path: Path, capsys):
+    prompts = str(shared_dir / "dpg_bench" / "prompts")
+    code, _, err = run(
+        [
+            "score",
+            "--questions",
+            prompts,
+            "--answers",
+            str(answers_csv(tmp_path, ["0,0,1,yes"])),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
+    assert_one_line_error(code, err, "has prompts but no questions")
+
+
+def test_lint_goes_on_past_a_file_it_cannot_read(tmp_path: Path, capsys):
+    broken = tmp_path / "broken.csv"
+    broken.write_bytes(b"")
+    good = tmp_path / "good.csv"
+    good.write_text(GOOD_QUESTIONS + "p,t,k,3,7,entity,whole,entity - whole (y),Is there y?\n")
+    code, out, err = run(["lint", str(broken), str(good)], capsys)
+    assert code == 1
+    assert "broken.csv:1: empty file" in err and "Traceback" not in err
+    # the finding keeps its [code] (rich must not read it as markup)
+    assert "good.csv:4: error: p: question 3: parent 7 does not exist [dangling-parent]" in out
+    assert "good.csv: 1 prompts, 3 questions: 1 error(s)" in out
+
+
+def test_debug_shows_the_traceback(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("DPGBENCH_DEBUG", "1")
+    code, _, err = run(["lint", str(tmp_path / "missing.csv")], capsys)
+    assert code == 1 and "Traceback (most recent call last)" in err and "catalog.py" in err
+    assert err.strip().splitlines()[-1].startswith("error: ")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Resume: torn log lines, a judge that is never asked twice, a package missing at construction.
+
+
+class CountingJudge:
+    """The dummy judge, counting constructions and questions across instances."""
+
+    Config = DummyJudgeConfig
+    made = 0
+    questions = 0
+
+    def __init__(self, config):
+        CountingJudge.made += 1
+        self.inner = DummyJudge(config)
+
+    def ask(self, image, questions):
+        CountingJudge.questions += len(questions)
+        return self.inner.ask(image, questions)
+
+    def info(self):
+        return {**self.inner.info(), "name": "counting"}
+
+
+def test_second_score_asks_the_judge_nothing(tmp_path: Path, monkeypatch, capsys):
+    from dpgbench.judges import JUDGES
+    from dpgbench.registry import Entry
+
+    monkeypatch.setitem(JUDGES, "counting", Entry(f"{__name__}:CountingJudge", "", "test"))
+    monkeypatch.setattr(CountingJudge, "made", 0)
+    monkeypatch.setattr(CountingJudge, "questions", 0)
+    out = tmp_path / "run"
+    assert run(["generate", "--backend", "dummy", "--prompts", "demo", "--out", str(out)], capsys)[0] == 0
+    code, first, err = run(["score", str(out), "--judge", "counting"], capsys)
+    assert code == 0, err
+    assert (CountingJudge.made, CountingJudge.questions) == (1, 588)
+    tables = (out / "eval" / "counting" / "scores.csv").read_bytes()
+    code, second, err = run(["score", str(out), "--judge", "counting"], capsys)
+    assert code == 0, err
+    assert (CountingJudge.made, CountingJudge.questions) == (1, 588)  # not even loaded again
+    assert "0 question(s) asked, 588 from cache" in second
+    assert (out / "eval" / "counting" / "scores.csv").read_bytes() == tables
+
+
+def test_torn_last_lines_of_both_logs(demo_run: Path, monkeypatch, capsys):
+    from dpgbench.judges import JUDGES
+    from dpgbench.registry import Entry
+
+    tables = (demo_run / "eval" / "dummy" / "scores.csv").read_bytes()
+    answers = demo_run / "eval" / "dummy" / "answers.jsonl"
+    images = demo_run / "images.jsonl"
+    lines = answers.read_text().splitlines(keepends=True)
+    answers.write_text("".join(lines[:-1]) + lines[-1][:40])  # killed while writing the last answer
+    image_lines = images.read_text().splitlines(keepends=True)
+    images.write_text("".join(image_lines[:-1]) + image_lines[-1][:30])  # and the last image record
+    code, out, err = run(
+        ["generate", "--backend", "dummy", "--prompts", "demo", "--out", str(demo_run)], capsys
+    )
+    assert code == 0 and "1 image(s) made, 47 already done" in out, err
+    assert images.read_text().count("\n") == 48 and read_jsonl(images)[-1]["index"] == 3
+    monkeypatch.setitem(JUDGES, "dummy", Entry(f"{__name__}:CountingJudge", "", "test"))
+    monkeypatch.setattr(CountingJudge, "questions", 0)
+    code, out, err = run(["score", str(demo_run), "--judge", "dummy"], capsys)
+    assert code == 0 and "1 question(s) asked, 587 from cache" in out, err
+    assert CountingJudge.questions == 1
+    assert len(read_jsonl(answers)) == 588 and answers.read_text().count("\n") == 588  # the fragment is gone
+    assert (demo_run / "eval" / "dummy" / "scores.csv").read_bytes() == tables
+
+
+class NeedsMissingPackage:
+    Config = DummyConfig
+
+    def __init__(self, config):
+        import dpgbench_not_installed_anywhere  # noqa: F401  (as backends import torch lazily)
+
+
+def test_package_missing_at_construction_is_one_line_with_the_extra(tmp_path: Path, monkeypatch, capsys):
+    from dpgbench.backends import BACKENDS
+    from dpgbench.registry import Entry
+
+    monkeypatch.setitem(BACKENDS, "needs", Entry(f"{__name__}:NeedsMissingPackage", "generate", "test"))
+    code, _, err = run(
+        ["generate", "--backend", "needs", "--prompts", "demo", "--out", str(tmp_path / "r")], capsys
+    )
+    assert_one_line_error(
+        code,
+        err,
+        "backend 'needs' needs a package that is not installed (dpgbench_not_installed_anywhere): "
+        "pip install 'dpgbench[generate]'",
+    )
+
+
+def test_fetch_refuses_a_wrong_local_copy_by_its_name(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("DPGBENCH_CACHE", str(tmp_path / "cache"))
+    copy = tmp_path / "my_copy.csv"
+    copy.write_text(GOOD_QUESTIONS)
+    code, _, err = run(["data", "fetch", "dpg-bench", "--csv", str(copy)], capsys)
+    assert_one_line_error(code, err, f"{copy}: git blob id ")
+    assert "is not the official 98457fc9901943f51ff9a30367250fc292533bed" in err
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing half-written is left behind

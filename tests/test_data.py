@@ -78,7 +78,7 @@ def write(tmp_path: Path, text: str | bytes, name: str = "bad.csv") -> Path:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("", "bad.csv: empty file; expected a header row"),
+        ("", "bad.csv:1: empty file; expected a header row"),
         ("item_id,text\nx,y\n", "bad.csv:1: missing column(s) keywords, proposition_id"),
         (
             HEADER + "\np,t,k,one,0,entity,whole,entity - whole (x),Is there x?\n",
