@@ -198,20 +198,34 @@ def test_score_dsg_release_layout(shared_dir: Path, tmp_path: Path, capsys):
 
 
 def test_core_never_imports_torch(tmp_path: Path):
+    """demo, lint, score (a run and --answers), data, ls and every --help, in a fresh interpreter."""
+    answers = answers_csv(tmp_path, ["demo_fox,0,1,yes", "demo_fox,0,2,no"])
     code = (
         "import sys\n"
         "from dpgbench.cli import main\n"
-        "for args in (['--help'], ['demo', '--out', sys.argv[1]], ['ls', 'backends'], ['ls', 'judges']):\n"
+        "d, answers, out = sys.argv[1:]\n"
+        "commands = [['--help'], ['demo', '--out', d], ['score', d, '--judge', 'dummy'], ['lint', 'demo'],\n"
+        "    ['score', '--questions', 'demo', '--answers', answers, '--out', out], ['data', 'list'],\n"
+        "    ['ls', 'backends', '-v'], ['ls', 'judges', '-v'], ['ls', 'protocols']]\n"
+        "commands += [[*c, '--help'] for c in (['generate'], ['score'], ['lint'], ['data', 'fetch'], ['demo'])]\n"
+        "for args in commands:\n"
         "    try:\n"
         "        main(args)\n"
         "    except SystemExit as exc:\n"
         "        assert not exc.code, (args, exc.code)\n"
-        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'modelscope') if m in sys.modules]\n"
-        "print('HEAVY', heavy)\n"
+        "heavy = ('torch', 'torchvision', 'diffusers', 'transformers', 'accelerate', 'modelscope', 'timm')\n"
+        "print('HEAVY', [m for m in heavy if m in sys.modules])\n"
     )
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "d")], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "d"), str(answers), str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout
+    assert (tmp_path / "o" / "scores.csv").exists() and (
+        tmp_path / "d" / "eval" / "dummy" / "scores.csv"
+    ).exists()
 
 
 @pytest.fixture()
