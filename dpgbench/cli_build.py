@@ -109,7 +109,8 @@ def report_build(
     console.print(
         f"{out}: {done} {what}, {len(failures)} failed in {seconds:.1f} s; requests {usage.requests} "
         f"(+{usage.cache_hits} from cache), {usage.retries} retried, tokens {usage.prompt_tokens} in / "
-        f"{usage.completion_tokens} out, cost ${usage.cost_usd:.4f}",
+        f"{usage.completion_tokens} out, cost ${usage.cost_usd:.4f} (the folder's {usage.total_requests} "
+        f"requests so far: ${usage.total_cost_usd:.4f})",
         highlight=False,
     )
 
@@ -119,7 +120,8 @@ def build_prompts_cmd(
     source: Annotated[
         Path,
         typer.Argument(
-            help="captions (.txt one per line, .csv, .jsonl, folder) or, with --objects, a category list"
+            help="captions (.txt one per line, .csv/.tsv, COCO captions .json, .jsonl, folder) or, with "
+            "--objects, a category list (one per line)"
         ),
     ],
     out: Annotated[Path, typer.Option(help="output folder (prompts.jsonl, manifest.json, llm_cache.jsonl)")],
@@ -146,8 +148,9 @@ def build_prompts_cmd(
     limit: Limit = None,
 ) -> None:
     """Dense prompts (60-80 words) from short captions or sampled object lists."""
-    from dpgbench.build.dense_prompts import DensePromptConfig, build_dense_prompts
+    from dpgbench.build.dense_prompts import TEMPLATE, DensePromptConfig, build_dense_prompts
     from dpgbench.build.sources import read_sources, sample_objects
+    from dpgbench.build.templates import load_template
 
     sources = (
         sample_objects(source, objects, seed, min_objects, max_objects) if objects else read_sources(source)
@@ -158,6 +161,7 @@ def build_prompts_cmd(
         price_prompt, price_completion,
     )  # fmt: skip
     config = DensePromptConfig(llm, min_words, max_words, max_tries, str(templates) if templates else None)
+    load_template(TEMPLATE, config.template_dir)  # a missing template is reported before any work starts
     with progress_bar("dense prompts", len(sources.items), "prompts") as advance:
         summary = build_dense_prompts(config, sources, out, offline, on_prompt=advance)
     report_build(
@@ -202,10 +206,13 @@ def build_graphs_cmd(
         price_prompt, price_completion,
     )  # fmt: skip
     config = GraphConfig(llm, max_tries, str(templates) if templates else None)
+    config.templates()  # a missing template is reported before any work starts
     with progress_bar("question graphs", len(sources.items), "prompts") as advance:
         summary = build_graphs(config, sources, out, offline, on_prompt=advance)
     report_build(out, f"graph(s) with {summary.n_questions} questions", len(summary.graphs), summary.failures,
                  summary.usage, summary.seconds)  # fmt: skip
+    for note in summary.notes:
+        err_console.print(f"[yellow]note[/]: {note}", highlight=False, soft_wrap=True)
     console.print(f"next: dpgbench build review export {out / 'graphs.csv'} review.csv")
     if summary.failures:
         raise typer.Exit(1)
@@ -274,9 +281,12 @@ def stats_cmd(
     from dpgbench.build.stats import nltk_tagger, plot_lengths, prompt_set_stats
     from dpgbench.runs import write_csv
 
+    sets = [
+        catalog.resolve(spec) for spec in files
+    ]  # a wrong path is named before NLTK or CLIP is looked for
     tagger = nltk_tagger() if pos else None
     tokenizer = ClipTokenizer.load(clip_vocab)
-    results = [prompt_set_stats(catalog.resolve(spec), tokenizer, tagger) for spec in files]
+    results = [prompt_set_stats(graphs, tokenizer, tagger) for graphs in sets]
     table = Table(title="prompt-set statistics (means per prompt)")
     columns: list[tuple[str, str, str]] = [
         ("set", "name", ""),

@@ -3,6 +3,7 @@
 It answers `POST /v1/chat/completions` from recorded replies chosen by the request (stage + prompt + how many
 times the model was already told its answer was rejected), so it is stateless and a rerun sees the same
 conversation. Faults are queued per prompt: "401", "429" (Retry-After 0), "500", "timeout" (answers too late).
+`delay` makes every answer take that long, and `max_in_flight` records how many requests overlapped at most.
 """
 
 from __future__ import annotations
@@ -28,11 +29,16 @@ def original_ask(messages: list[dict[str, Any]]) -> str:
 
 
 class FakeChatServer:
-    def __init__(self, reply: Callable[[dict[str, Any]], str], timeout_sleep: float = 1.5) -> None:
+    def __init__(
+        self, reply: Callable[[dict[str, Any]], str], timeout_sleep: float = 1.5, delay: float = 0.0
+    ) -> None:
         self.reply = reply  # request body -> assistant message content
         self.faults: dict[str, list[str]] = {}  # substring of the original ask -> faults, applied in order
         self.received: list[dict[str, Any]] = []
         self.timeout_sleep = timeout_sleep
+        self.delay = delay
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         server = self
 
@@ -43,6 +49,14 @@ class FakeChatServer:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fault = server._take_fault(body)
+                # Counted while the answer is "being written" only, never after it is sent: the client
+                # may send its next request the moment it has this reply.
+                with server._lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                time.sleep(server.delay)
+                with server._lock:
+                    server.in_flight -= 1
                 try:
                     if fault == "timeout":
                         time.sleep(server.timeout_sleep)

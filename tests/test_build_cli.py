@@ -221,3 +221,60 @@ def test_stats_command_table_csv_plot(tmp_path: Path) -> None:
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = runner.invoke(app, ["stats", "demo", "--clip-vocab", str(tmp_path / "nope.gz"), "--no-pos"])
     assert result.exit_code == 1 and "nope.gz: no such file" in str(result.exception)
+
+
+def test_sources_in_the_formats_the_paper_started_from(tmp_path: Path) -> None:
+    from dpgbench.build.sources import read_sources
+
+    parti = tmp_path / "PartiPrompts.tsv"
+    parti.write_text(
+        "Prompt\tCategory\tChallenge\tNote\n"
+        "bond\tAbstract\tBasic\t\n"
+        "a red apple, on a table\tFood & Beverage\tColors\tcomma inside\n"
+    )
+    assert [(s.item_id, s.text) for s in read_sources(parti).items] == [
+        ("PartiPrompts_2", "bond"),
+        ("PartiPrompts_3", "a red apple, on a table"),
+    ]
+    coco = tmp_path / "captions_val2014.json"
+    coco.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 9}],
+                "annotations": [
+                    {"image_id": 9, "id": 41, "caption": "A man riding  a wave\non top of a surfboard."},
+                    {"image_id": 9, "id": 42, "caption": "   "},
+                    {"image_id": 7, "id": 43, "caption": "Two dogs play in the grass."},
+                ],
+            }
+        )
+    )
+    assert [(s.item_id, s.text) for s in read_sources(coco).items] == [
+        ("coco_9_41", "A man riding a wave on top of a surfboard."),
+        ("coco_7_43", "Two dogs play in the grass."),
+    ]
+    coco.write_text('{"images": []}')
+    result = runner.invoke(app, ["build", "prompts", str(coco), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 1 and str(result.exception).startswith(f"{coco}: expected COCO captions")
+    coco.write_text('{"annotations": [')
+    result = runner.invoke(app, ["build", "prompts", str(coco), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 1 and str(result.exception).startswith(f"{coco}:1: not valid JSON")
+
+
+def test_bad_input_is_named_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nltk
+
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])  # no NLTK data: the path error still comes first
+    result = runner.invoke(app, ["stats", str(tmp_path / "nope.csv")])
+    assert (
+        result.exit_code == 1 and "nope.csv" in str(result.exception) and "NLTK" not in str(result.exception)
+    )
+    captions = tmp_path / "one.txt"
+    captions.write_text("a cat\n")
+    args = ["build", "prompts", str(captions), "--out", str(tmp_path / "p"), "--templates", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "no template dense_prompt.vN.txt" in str(result.exception)
+    assert "dense prompts" not in result.output and not (tmp_path / "p").exists()
+    args = ["build", "graphs", str(captions), "--out", str(tmp_path / "g"), "--templates", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "no template dsg_tuples.vN.txt" in str(result.exception)

@@ -217,6 +217,13 @@ def test_three_stages_with_broken_replies_then_cache_replay(sources: Path, tmp_p
             ("down", "dsg_tuples"),
         ]
         assert second.failures[1].reason.endswith("(--offline)")
+        # The rerun cost nothing, and its manifest still says what the files cost (from the cache).
+        assert (second.usage.cost_usd, second.usage.total_requests) == (0.0, first.usage.requests)
+        assert second.usage.total_cost_usd == pytest.approx(first.usage.cost_usd, rel=1e-12)
+        assert first.usage.total_cost_usd == pytest.approx(first.usage.cost_usd, rel=1e-12)
+        usage = json.loads((out / "manifest.json").read_text())["usage"]
+        assert (usage["cost_usd"], usage["total_cost_usd"]) == (0.0, round(first.usage.cost_usd, 6))
+        assert usage["total_prompt_tokens"] == first.usage.prompt_tokens
 
         # 6. Online again: the server is back, so only the dead prompt's three requests are sent.
         third = build_graphs(config(server), read_sources(sources), out)
@@ -297,3 +304,115 @@ def test_a_refused_key_stops_the_build_with_one_line(tmp_path: Path) -> None:
             client.complete([{"role": "user", "content": "Prompt: x"}])
     assert str(info.value) == f"{server.base_url} refused the key (HTTP 401); check $OPENAI_API_KEY"
     assert parse_json_object('```json\n{"a": 1}\n```') == {"a": 1}
+
+
+def upstream_read(path: Path) -> dict[str, dict[int, tuple[str, list[int], str]]]:
+    """graphs.csv as upstream's prepare_dpg_data sees it, re-stated here: pandas' default types, the first
+    data row skipped, int() of the id and of every comma-separated parent, grouped by item_id."""
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    graphs: dict[str, dict[int, tuple[str, list[int], str]]] = {}
+    for index, row in table.iterrows():
+        if index == 0:
+            continue
+        parents = [int(part.strip()) for part in row.dependency.split(",")]
+        graphs.setdefault(row.item_id, {})[int(row.proposition_id)] = (
+            row.tuple,
+            parents,
+            row.question_natural_language,
+        )
+    return graphs
+
+
+SIMPLE = ("good", "rate", "slow", "down")  # no broken replies: three requests each
+
+
+def simple_sources(tmp_path: Path) -> Path:
+    path = tmp_path / "simple.jsonl"
+    path.write_text("".join(json.dumps({"item_id": k, "text": PROMPTS[k][0]}) + "\n" for k in SIMPLE))
+    return path
+
+
+def test_graphs_csv_reads_with_upstreams_logic(tmp_path: Path) -> None:
+    out = tmp_path / "graphs"
+    with FakeChatServer(recorded_reply) as server:
+        summary = build_graphs(config(server), read_sources(simple_sources(tmp_path)), out)
+    ours = load_csv(out / "graphs.csv")
+    theirs = upstream_read(out / "graphs.csv")
+    expected = {
+        p.item_id: {q.proposition_id: (q.tuple, list(q.parents), q.question) for q in p.questions}
+        for p in ours.prompts
+    }
+    del expected["good"][1]  # upstream skips the first row
+    assert theirs == expected and list(theirs) == list(SIMPLE)
+    assert summary.notes == [
+        "upstream's compute_dpg_bench.py skips the CSV's first row, so it cannot score 'good' (its other "
+        "questions depend on question 1); `dpgbench score --protocol official` does the same"
+    ]
+    assert json.loads((out / "manifest.json").read_text())["upstream_notes"] == summary.notes
+
+
+def test_upstream_notes_name_files_upstream_cannot_read() -> None:
+    from dpgbench.build.graphs import assemble, upstream_notes
+
+    roots_only = assemble("12", "A cat.", ["entity - whole (cat)"], ["Is there a cat?"], [(0,)])
+    child = assemble(
+        "a.b", "A red cat.", ["entity - whole (cat)", "attribute - color (cat, red)"], ["Is there a cat?",
+        "Is the cat red?"], [(0,), (1,)],
+    )  # fmt: skip
+    notes = upstream_notes([roots_only])
+    assert len(notes) == 2 and "pandas reads the dependency column as numbers" in notes[0]
+    assert "every item_id is a number" in notes[1]
+    notes = upstream_notes([child])
+    assert [n.split(",")[0] for n in notes] == [
+        "upstream's compute_dpg_bench.py skips the CSV's first row",
+        "no question has two parents",
+        "1 item_id(s) contain '.'",
+    ]
+    assert upstream_notes([]) == []
+
+
+def test_the_concurrency_limit_holds(tmp_path: Path) -> None:
+    """Prompts run in parallel and each asks questions and dependencies at once: still at most 2 in flight."""
+    with FakeChatServer(recorded_reply, delay=0.1) as server:
+        cfg = config(server)
+        cfg.llm.concurrency = 2
+        summary = build_graphs(cfg, read_sources(simple_sources(tmp_path)), tmp_path / "graphs")
+    assert len(summary.graphs) == 4 and len(server.received) == 12
+    assert server.max_in_flight == 2
+
+
+def test_resume_after_sigkill_asks_only_what_was_not_answered(tmp_path: Path) -> None:
+    """`dpgbench build graphs` in its own process, killed mid-run; the rerun sends exactly the requests that
+    had no complete cache record, and ends with the same files as an uninterrupted build."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from dpgbench.runs import read_jsonl
+
+    sources = simple_sources(tmp_path)
+    out = tmp_path / "killed"
+    with FakeChatServer(recorded_reply, delay=0.15) as server:
+        args = [sys.executable, "-m", "dpgbench.cli", "build", "graphs", str(sources), "--out", str(out)]
+        args += ["--base-url", server.base_url, "--concurrency", "2", "--max-attempts", "3", "--timeout", "5"]
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while len(server.received) < 5 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        assert process.returncode == -signal.SIGKILL
+        assert not (out / "graphs.csv").exists()  # killed before the end: no half-written table
+        cached = len(read_jsonl(out / "llm_cache.jsonl"))
+        assert 3 <= cached < 12
+        sent = len(server.received)
+        resumed = build_graphs(config(server), read_sources(sources), out)
+        assert (resumed.usage.requests, resumed.usage.cache_hits) == (12 - cached, cached)
+        assert len(server.received) == sent + 12 - cached
+        build_graphs(config(server), read_sources(sources), tmp_path / "fresh")
+    assert (out / "graphs.csv").read_bytes() == (tmp_path / "fresh" / "graphs.csv").read_bytes()
+    assert json.loads((out / "manifest.json").read_text())["finished"] is True

@@ -66,6 +66,7 @@ class GraphBuildSummary:
     failures: list[Failure]
     usage: Usage
     seconds: float
+    notes: list[str] = field(default_factory=list)  # what upstream's scorer will make of graphs.csv
 
     @property
     def n_questions(self) -> int:
@@ -184,6 +185,37 @@ def assemble(
     return Prompt(item_id, text, rows)
 
 
+def upstream_notes(graphs: list[Prompt]) -> list[str]:
+    """What upstream's compute_dpg_bench.py will do with graphs.csv that our scorer does not (it reads the file
+    with pandas' default types and drops its first row); said once in the manifest and the terminal."""
+    if not graphs:
+        return []
+    notes = []
+    first = graphs[0]
+    if any(first.questions[0].proposition_id in q.parents for q in first.questions[1:]):
+        notes.append(
+            f"upstream's compute_dpg_bench.py skips the CSV's first row, so it cannot score '{first.item_id}' "
+            "(its other questions depend on question 1); `dpgbench score --protocol official` does the same"
+        )
+    if not any(len(q.parents) > 1 for p in graphs for q in p.questions):
+        notes.append(
+            "no question has two parents, so pandas reads the dependency column as numbers and upstream's "
+            "`dependency.split(',')` fails on this file; our scorers read it"
+        )
+    if all(p.item_id.lstrip("-").isdigit() for p in graphs):
+        notes.append(
+            "every item_id is a number, so pandas reads them as integers and upstream finds no question "
+            "for its image files; prefix the ids (e.g. `prompt_12`) if upstream must read this file"
+        )
+    dotted = [p.item_id for p in graphs if "." in p.item_id]
+    if dotted:
+        notes.append(
+            f"{len(dotted)} item_id(s) contain '.', e.g. '{dotted[0]}': upstream cuts image file names at the "
+            "first '.', so it finds no question for them"
+        )
+    return notes
+
+
 # ---------------------------------------------------------------------------------------------- stages
 
 
@@ -290,7 +322,7 @@ def build_graphs(
     failures = [r for r in results if isinstance(r, Failure)]
     save_graphs(graphs, out / "graphs.csv")
     save_graphs(graphs, out / "graphs.jsonl")
-    summary = GraphBuildSummary(graphs, failures, usage, time.monotonic() - started)
+    summary = GraphBuildSummary(graphs, failures, usage, time.monotonic() - started, upstream_notes(graphs))
     manifest.update(
         finished=True,
         counts={
@@ -301,6 +333,7 @@ def build_graphs(
         },
         usage=usage.as_dict(),
         failures=[asdict(f) for f in failures],
+        upstream_notes=summary.notes,
         seconds=round(summary.seconds, 3),
     )
     write_json(manifest_path, manifest)

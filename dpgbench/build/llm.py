@@ -76,10 +76,26 @@ class Usage:
     cost_usd: float = 0.0
     cached_tokens: int = 0  # tokens of replies replayed from the cache (not paid again)
     seconds_waiting: float = 0.0  # backoff sleeps
+    # Everything the folder's cache holds, earlier runs included: what the whole build has cost so far
+    # (a rerun from the cache costs nothing itself, and its manifest still says what the files cost).
+    total_requests: int = 0
+    total_prompt_tokens: int = 0
+    total_completion_tokens: int = 0
+    total_cost_usd: float = 0.0
+
+    def add_total(self, record: dict[str, Any], prices: tuple[float, float]) -> float:
+        """Count one cached record in the totals; returns its cost in USD."""
+        cost = (record["prompt_tokens"] * prices[0] + record["completion_tokens"] * prices[1]) / 1e6
+        self.total_requests += 1
+        self.total_prompt_tokens += record["prompt_tokens"]
+        self.total_completion_tokens += record["completion_tokens"]
+        self.total_cost_usd += cost
+        return cost
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["cost_usd"] = round(self.cost_usd, 6)
+        out["total_cost_usd"] = round(self.total_cost_usd, 6)
         out["seconds_waiting"] = round(self.seconds_waiting, 3)
         return out
 
@@ -133,6 +149,8 @@ class LLMClient:
         self.usage = Usage()
         self._sleep = sleep
         self._cache = {r["key"]: r for r in read_jsonl(cache_path) if "key" in r}
+        for record in self._cache.values():
+            self.usage.add_total(record, config.prices())
         self._log = JsonlLog(cache_path)
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
@@ -184,10 +202,7 @@ class LLMClient:
                 self.usage.requests += 1
                 self.usage.prompt_tokens += record["prompt_tokens"]
                 self.usage.completion_tokens += record["completion_tokens"]
-                price_in, price_out = self.config.prices()
-                self.usage.cost_usd += (
-                    record["prompt_tokens"] * price_in + record["completion_tokens"] * price_out
-                ) / 1e6
+                self.usage.cost_usd += self.usage.add_total(record, self.config.prices())
         return Reply(record["reply"], key, False, record["prompt_tokens"], record["completion_tokens"])
 
     # -------------------------------------------------------------------------------------- the network

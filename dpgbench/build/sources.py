@@ -1,5 +1,6 @@
-"""Where build inputs come from: short captions (a text file, any CSV with a text column, our JSONL, a folder of
-.txt, a DSG-format CSV) and object lists sampled from a category list, as DPG-Bench did with Objects365.
+"""Where build inputs come from: short captions (a text file, any CSV or TSV with a text column such as
+PartiPrompts.tsv, COCO's captions_*.json, our JSONL, a folder of .txt, a DSG-format CSV) and object lists
+sampled from a category list, as DPG-Bench did with Objects365.
 
 Every source becomes a list of `Source(item_id, text)` in file order, with a hash for the manifest.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,13 +43,16 @@ def _digest(items: list[Source]) -> str:
 
 
 def read_sources(path: str | Path) -> SourceSet:
-    """Captions from a .txt (one per line, ids `<stem>_<line>`), a .csv, a .jsonl or a folder of .txt."""
+    """Captions from a .txt (one per line, ids `<stem>_<line>`), a .csv or .tsv, COCO captions .json, a .jsonl
+    or a folder of .txt."""
     path = Path(path)
     if path.is_dir() or path.suffix.lower() == ".jsonl":
         graphs = load_graphs(path)
         items = [Source(p.item_id, p.text.strip()) for p in graphs.prompts]
-    elif path.suffix.lower() == ".csv":
-        items = _read_csv(path)
+    elif path.suffix.lower() in (".csv", ".tsv"):
+        items = _read_csv(path, "\t" if path.suffix.lower() == ".tsv" else ",")
+    elif path.suffix.lower() == ".json":
+        items = _read_coco(path)
     elif path.suffix.lower() == ".txt":
         items = [
             Source(f"{path.stem}_{number}", line.strip())
@@ -58,7 +63,7 @@ def read_sources(path: str | Path) -> SourceSet:
         raise DpgBenchError(f"{path}: no such file or folder; give a .txt, .csv or .jsonl of prompts")
     else:
         raise DpgBenchError(
-            f"{path}: unknown prompt source; use a .txt (one per line), .csv, .jsonl or folder"
+            f"{path}: unknown prompt source; use a .txt (one per line), .csv, .tsv, COCO .json, .jsonl or folder"
         )
     if not items:
         raise DpgBenchError(f"{path}: no prompts found")
@@ -70,8 +75,8 @@ def read_sources(path: str | Path) -> SourceSet:
     return SourceSet(str(path), _digest(items), items)
 
 
-def _read_csv(path: Path) -> list[Source]:
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+def _read_csv(path: Path, delimiter: str = ",") -> list[Source]:
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
     columns = reader.fieldnames or []
     text_column = next((c for c in TEXT_COLUMNS if c in columns), None)
     if text_column is None:
@@ -89,6 +94,26 @@ def _read_csv(path: Path) -> list[Source]:
             continue
         ids.add(item_id)
         items.append(Source(item_id, text))
+    return items
+
+
+def _read_coco(path: Path) -> list[Source]:
+    """COCO's captions_*.json: one source per caption, `coco_<image_id>_<caption id>`, in file order."""
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise DpgBenchError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    annotations = data.get("annotations") if isinstance(data, dict) else None
+    if not isinstance(annotations, list):
+        raise DpgBenchError(
+            f'{path}: expected COCO captions ({{"annotations": [{{"image_id", "id", "caption"}}, ...]}})'
+        )
+    items = []
+    for k, a in enumerate(annotations):
+        if not isinstance(a, dict) or not isinstance(a.get("caption"), str) or "image_id" not in a:
+            raise DpgBenchError(f"{path}: annotation {k} has no image_id and caption text")
+        if a["caption"].strip():
+            items.append(Source(f"coco_{a['image_id']}_{a.get('id', k)}", " ".join(a["caption"].split())))
     return items
 
 

@@ -165,9 +165,10 @@ def plot_lengths(all_stats: Sequence[PromptSetStats], path: Path) -> None:
             axis.hist(v, bins=bins, alpha=0.55, label=f"{s.name} (mean {sum(v) / len(v):.1f})")
         axis.set_xlabel(f"{label} per prompt")
         axis.set_ylabel("prompts")
-        axis.legend(fontsize=8)
+        axis.legend(fontsize=8, loc="upper right")
     axes[1].axvline(CONTEXT_LENGTH, color="black", linestyle="--", linewidth=1)
-    axes[1].text(CONTEXT_LENGTH + 1, axes[1].get_ylim()[1] * 0.9, "CLIP window", fontsize=8)
+    # Half way up, below the legend box.
+    axes[1].text(CONTEXT_LENGTH + 1, axes[1].get_ylim()[1] * 0.5, "CLIP window (77)", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
