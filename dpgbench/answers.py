@@ -12,8 +12,9 @@ import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from dpgbench.data import GraphSet, Note, read_text
+from dpgbench.data import GraphSet, Note, Question, read_text
 from dpgbench.errors import DpgBenchError
 from dpgbench.runs import write_csv
 from dpgbench.scoring import ProtocolResult, normalize_answer, prompt_rows, score_rows
@@ -24,7 +25,8 @@ DSG_COLUMNS = ("item_id", "question_id", "answer")
 
 @dataclass
 class AnswerTable:
-    answers: dict[str, list[dict[str, str] | None]]  # item_id -> per-image {question text: answer}
+    # item_id -> per image {question text: answer, (proposition_id, question text): answer}
+    answers: dict[str, list[dict[Any, str] | None]]
     n_images: int
     layout: str  # "dpgbench" | "dsg"
     rows: int = 0  # rows selected by `where` (all rows without it)
@@ -57,8 +59,9 @@ def read_answer_table(
             raise DpgBenchError(f"--where {column}=...: {path} has no column '{column}'")
     col = {name: header.index(name) for name in header}
     by_id = graphs.by_id()
+    with_id: dict[str, dict[int, list[Question]]] = {}
     table = AnswerTable({}, n_images, layout)
-    first_line: dict[tuple[str, int, str], int] = {}
+    first_line: dict[tuple[str, int, int, str], int] = {}
     line = reader.line_num + 1
     for record in reader:
         start, line = line, reader.line_num + 1
@@ -87,18 +90,29 @@ def read_answer_table(
                 Note(str(path), start, f"unknown item_id '{item_id}' (not in {graphs.path})")
             )
             continue
-        question = next((q for q in prompt.questions if q.proposition_id == pid), None)
-        if question is None:
+        if item_id not in with_id:
+            with_id[item_id] = {}
+            for q in prompt.questions:
+                with_id[item_id].setdefault(q.proposition_id, []).append(q)
+        candidates = with_id[item_id].get(pid, [])
+        if not candidates:
             table.ignored.append(Note(str(path), start, f"{item_id} has no question {pid} in {graphs.path}"))
             continue
-        key = (item_id, index, question.question)
-        if key in first_line:
+        if (
+            len(candidates) > 1 and "question" in cells
+        ):  # a repeated id: the text (DSG's release has it) decides
+            candidates = [q for q in candidates if q.question == cells["question"].strip()] or candidates
+        # A repeated id without a text column: its rows answer its questions in graph order.
+        free = [q for q in candidates if (item_id, index, pid, q.question) not in first_line]
+        if not free:
             hint = " (select one model with --where t2i_model=NAME)" if "t2i_model" in header else ""
+            first = first_line[(item_id, index, pid, candidates[0].question)]
             raise DpgBenchError(
                 f"{path}:{start}: a second answer for {item_id} image {index} question {pid} "
-                f"(first on line {first_line[key]}){hint}"
+                f"(first on line {first}){hint}"
             )
-        first_line[key] = start
+        question = free[0]
+        first_line[(item_id, index, pid, question.question)] = start
         answer = cells["answer"]
         if normalize_answer(answer) not in ("yes", "no"):
             table.not_yes_no.append(
@@ -108,7 +122,8 @@ def read_answer_table(
         slot = slots[index]
         if slot is None:
             slot = slots[index] = {}
-        slot[question.question] = answer
+        slot.setdefault(question.question, answer)
+        slot[(pid, question.question)] = answer  # what scoring reads first (see scoring.ImageAnswers)
     return table
 
 

@@ -15,6 +15,7 @@ import math
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -22,10 +23,19 @@ from dpgbench.data import Prompt, Question
 
 PROTOCOLS = ("strict", "official", "dsg")
 
-# Answers of one image: question text -> raw answer. A prompt has one slot per image; None = the image is
-# missing or unreadable. Prompts absent from the mapping have no images at all.
-ImageAnswers = Mapping[str, str]
+# Answers of one image: question text -> raw answer (a judge gives one answer per text). An answer table
+# made elsewhere answers per question id, and two questions of one prompt can share a text (54 prompts of
+# DSG-1k do: "Is there a chair?" for two chairs), so it also keys each answer by (proposition_id, text),
+# which wins. A prompt has one slot per image; None = the image is missing or unreadable. Prompts absent
+# from the mapping have no images at all.
+ImageAnswers = Mapping[Any, str]
 PromptAnswers = Sequence[ImageAnswers | None]
+
+
+def answer_for(image: ImageAnswers, q: Question) -> str | None:
+    """The raw answer to one question of one image, or None if there is none."""
+    answer = image.get((q.proposition_id, q.question))
+    return image.get(q.question) if answer is None else answer
 
 
 def normalize_answer(answer: str | None) -> str:
@@ -139,7 +149,7 @@ def strict_image(
     if answers is None:
         return [0.0] * len(questions)
     tree = tree or ancestors(questions)
-    raw = [is_yes(answers.get(q.question), "strict") for q in questions]
+    raw = [is_yes(answer_for(answers, q), "strict") for q in questions]
     return [
         float(raw[i] and complete and all(raw[j] for j in above)) for i, (above, complete) in enumerate(tree)
     ]
@@ -149,7 +159,7 @@ def dsg_image(questions: Sequence[Question], answers: ImageAnswers | None) -> li
     """DSG: zero a question whose parent's raw answer is not yes; a missing parent id counts as not yes."""
     if answers is None:
         return [0.0] * len(questions)
-    own = [is_yes(answers.get(q.question), "dsg") for q in questions]
+    own = [is_yes(answer_for(answers, q), "dsg") for q in questions]
     by_id = {
         q.proposition_id: yes for q, yes in zip(questions, own)
     }  # a repeated id: the last wins, as in DSG
@@ -221,7 +231,7 @@ def official_view(prompts: Sequence[Prompt]) -> dict[str, dict[int, Question]]:
 
 def official_image(graph: Mapping[int, Question], answers: ImageAnswers) -> tuple[list[float], list[float]]:
     """(raw, final) scores in upstream's order; raises _UpstreamFailure where upstream raises KeyError."""
-    scores = {pid: float(answers.get(q.question) == "yes") for pid, q in graph.items()}
+    scores = {pid: float(answer_for(answers, q) == "yes") for pid, q in graph.items()}
     raw = list(scores.values())
     for pid, q in graph.items():
         for parent in q.parents:
@@ -305,7 +315,7 @@ def answer_stats(prompts: Sequence[Prompt], answers: Mapping[str, PromptAnswers]
             if image is None:
                 continue
             for q in prompt.questions:
-                answer = image.get(q.question)
+                answer = answer_for(image, q)
                 if answer is None:
                     stats.unanswered += 1
                     continue

@@ -19,7 +19,7 @@ from dpgbench.data import load_csv
 from dpgbench.errors import DpgBenchError
 from dpgbench.judges.dummy import DummyJudge, DummyJudgeConfig
 from dpgbench.runs import read_jsonl
-from dpgbench.scoring import score
+from dpgbench.scoring import answer_stats, score
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -675,3 +675,62 @@ def test_fetch_refuses_a_wrong_local_copy_by_its_name(tmp_path: Path, monkeypatc
     assert_one_line_error(code, err, f"{copy}: git blob id ")
     assert "is not the official 98457fc9901943f51ff9a30367250fc292533bed" in err
     assert list((tmp_path / "cache").iterdir()) == []  # nothing half-written is left behind
+
+
+def test_answers_by_id_when_two_questions_share_a_text(tmp_path: Path, capsys):
+    """Answer tables answer per id: two questions with one text keep their own answers (DSG-1k has 54
+    prompts like this), and a repeated id is told apart by the question text when the table has it."""
+    from dpgbench.answers import read_answer_table
+
+    questions = tmp_path / "q.csv"
+    questions.write_text(
+        HEADER + "\n"
+        "v,two chairs,chair,1,0,entity,whole,entity - whole (chair),Is there a chair?\n"
+        "v,two chairs,chair,2,0,entity,whole,entity - whole (chair),Is there a chair?\n"
+        'v,two chairs,chair,3,"1,2",relation,spatial,"relation - spatial (chair, chair, beside)",'
+        "Is the chair beside the chair?\n"
+        "d,a cat,cat,1,0,entity,whole,entity - whole (cat),Is there a cat?\n"
+        "d,a cat,cat,1,0,entity,whole,entity - whole (mat),Is there a mat?\n"
+    )
+    graphs = load_csv(questions)
+    rows = ["v,0,1,yes", "v,0,2,no", "v,0,3,yes"] + [f"v,{i},{q},yes" for i in (1, 2, 3) for q in (1, 2, 3)]
+    table = read_answer_table(answers_csv(tmp_path, rows), graphs)
+    r = score(graphs.prompts, table.answers)
+    # image 0: chair 1 yes, chair 2 no -> the relation falls: 1/3; images 1-3: 1 -> (1/3 + 3) / 4
+    assert r["strict"].prompts["v"] == pytest.approx((1 / 3 + 3) / 4 * 100)
+    assert r["dsg"].prompts["v"] == pytest.approx((1 / 3 + 3) / 4 * 100)
+    # DSG layout with its question column: the repeated id 1 of "d" is matched by text, in any order
+    header = "item_id,question,question_id,answer"
+    path = answers_csv(tmp_path, ["d,Is there a mat?,1,no", "d,Is there a cat?,1,yes"], header)
+    table = read_answer_table(path, graphs)
+    assert r["strict"].n == 2 and table.answers["d"][0] == {
+        "Is there a mat?": "no",
+        (1, "Is there a mat?"): "no",
+        "Is there a cat?": "yes",
+        (1, "Is there a cat?"): "yes",
+    }
+    # without a text column the rows of a repeated id answer its questions in graph order; a third is refused
+    path = answers_csv(tmp_path, ["d,0,1,yes", "d,0,1,no", "d,0,1,no"])
+    with pytest.raises(DpgBenchError, match=r"answers.csv:4: a second answer for d image 0 question 1"):
+        read_answer_table(path, graphs)
+    table = read_answer_table(answers_csv(tmp_path, ["d,0,1,yes", "d,0,1,no"]), graphs)
+    assert score(graphs.prompts, table.answers)["strict"].prompts["d"] == pytest.approx(50 / 4)
+
+
+def test_answer_table_for_every_question_of_dsg1k(shared_dir: Path, tmp_path: Path):
+    """One answer per question id and image for the real DSG-1k graphs: nothing refused or unanswered."""
+    from dpgbench.answers import read_answer_table
+
+    graphs = load_csv(shared_dir / "dsg" / "dsg-1k-anns.csv")
+    rows = [
+        f"{p.item_id},{i},{pid},{'yes' if (i + pid) % 3 else 'no'}"
+        for p in graphs.prompts
+        for i in range(4)
+        for pid in dict.fromkeys(q.proposition_id for q in p.questions)
+    ]
+    table = read_answer_table(answers_csv(tmp_path, rows), graphs)
+    assert table.rows == 32728 and not table.ignored
+    results = score(graphs.prompts, table.answers)
+    assert answer_stats(graphs.prompts, table.answers).unanswered == 0
+    assert results["strict"].n == results["dsg"].n == 1060
+    assert results["official"].n == 1058  # the first prompt loses row 0; one more has a dangling parent
