@@ -42,11 +42,13 @@ PROVENANCE_COLUMNS = [
     "backend",
     "model",
     "revision",
+    "other_models",
     "scheduler",
     "steps",
     "guidance",
     "size",
     "dtype",
+    "negative_prompt",
     "seed",
     "images_per_prompt",
     "judge_model",
@@ -159,15 +161,25 @@ def _provenance(run: ScoredRun) -> dict[str, Any]:
     environment = (run.eval_manifest or run.run_manifest or {}).get("environment", {})
     judge = (run.eval_manifest or {}).get("judge", {})
     width, height = backend.get("width"), backend.get("height")
+    # Models beside the main one (ELLA's TSC and T5, LLM4GEN's projector): any part of the backend's info
+    # that names a model or a checkpoint.
+    others = [
+        f"{part}={value.get('model') or value.get('checkpoint')}"
+        + (f"@{value['resolved_commit']}" if value.get("resolved_commit") else "")
+        for part, value in backend.items()
+        if isinstance(value, dict) and (value.get("model") or value.get("checkpoint"))
+    ]
     return {
         "backend": backend.get("name", config.get("backend", "")),
         "model": backend.get("model", ""),
         "revision": backend.get("resolved_commit") or backend.get("revision") or "",
+        "other_models": "; ".join(others),
         "scheduler": backend.get("scheduler", ""),
         "steps": backend.get("steps", ""),
         "guidance": backend.get("guidance", ""),
         "size": f"{width}x{height}" if width and height else "",
         "dtype": backend.get("dtype", ""),
+        "negative_prompt": backend.get("negative_prompt") or "",
         "seed": config.get("seed", ""),
         "images_per_prompt": config.get("images_per_prompt", ""),
         "judge_model": judge.get("model", ""),

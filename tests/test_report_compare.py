@@ -172,6 +172,12 @@ def test_curves_follow_the_checkpoints(details):
     assert curve.scores[("l1", "entity")] == pytest.approx(
         [details[n].results["strict"].l1["entity"].score for n in ("a", "b", "c")], abs=1e-9
     )
+    from dpgbench import plots
+
+    lines = plots.curve_plot(curve, "l2").axes[0].get_lines()
+    assert len(lines) == 13 + 1 and lines[-1].get_label() == "overall"
+    assert [line.get_linestyle() for line in lines[:13]] == ["-"] * 10 + ["--"] * 3  # 10 colours, then dashed
+    assert list(lines[0].get_ydata()) == curve.scores[("l2", "global -")]
 
 
 def invoke(args: list[str]):
@@ -213,7 +219,7 @@ def test_compare_three_checkpoints_draws_curves(report_runs, tmp_path):
         ("step1", "step2"),
         ("step1", "step3"),
     ]
-    assert out.with_suffix(".png").exists()
+    assert out.with_suffix(".png").exists() and (tmp_path / "many.l2.png").read_bytes()[:4] == b"\x89PNG"
     with open(tmp_path / "many.curves.csv") as f:
         curve = {(r["level"], r["category"]): r for r in csv.DictReader(f)}
     assert list(curve[("overall", "all")])[2:] == ["step1", "step2", "step3"]

@@ -60,7 +60,7 @@ def test_leaderboard_csv_holds_the_exact_scores(report_runs, tmp_path):
         "l1:other",
     ]
     assert [c[3:] for c in header if c.startswith("l2:")] == L2
-    assert len(header) == 6 + 5 + 13 + 21
+    assert len(header) == 6 + 5 + 13 + 23
     # sorted by the strict overall score, highest first; every number read back bit for bit
     assert [r["run"] for r in rows] == ["a", "b", "c"]
     for row in rows:
@@ -303,3 +303,30 @@ def test_report_commands_stay_light(report_runs, tmp_path):
     result = subprocess.run(args, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout
+
+
+def test_every_model_of_a_backend_and_its_negative_prompt_are_listed(report_runs, tmp_path):
+    import json
+
+    run = shutil.copytree(report_runs["a"], tmp_path / "ella", ignore=shutil.ignore_patterns("thumbnails"))
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["backend"].update(
+        model="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        resolved_commit="451f4fe",
+        negative_prompt="blurry, low quality",
+        tsc={
+            "checkpoint": "QQGYLab/ELLA",
+            "file": "ella-sd1.5-tsc-t5xl.safetensors",
+            "resolved_commit": "c07675c",
+        },
+        text_encoder={"model": "google/flan-t5-xl", "revision": None, "length": 128},
+        scheduler_config={"beta_start": 0.00085},  # a dict without a model: not listed
+    )
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    _, rows = leaderboard(load_many([str(run)]))
+    assert (rows[0]["model"], rows[0]["revision"]) == (
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "451f4fe",
+    )
+    assert rows[0]["other_models"] == "tsc=QQGYLab/ELLA@c07675c; text_encoder=google/flan-t5-xl"
+    assert rows[0]["negative_prompt"] == "blurry, low quality"
