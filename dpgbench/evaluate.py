@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from dpgbench.judges import Judge
 
 
+EVAL_FOLDER_FIX = "add --label NAME to keep this evaluation beside the other, or the same settings to resume"
+
+
 @dataclass
 class EvaluateConfig:
     judge: str
@@ -112,7 +115,9 @@ def load_image(path: Path, data: bytes | None = None) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except UnidentifiedImageError:  # Pillow's message names only an in-memory buffer's address
+        raise ValueError("unreadable image (not an image format Pillow can read)") from None
+    except (OSError, SyntaxError) as exc:
         raise ValueError(f"unreadable image ({' '.join(str(exc).split())})") from None
     return image.convert("RGB")
 
@@ -121,7 +126,7 @@ def write_eval_manifest(
     out: Path, config: EvaluateConfig, graphs: GraphSet, judge_info: dict[str, Any]
 ) -> None:
     identity = config.identity(graphs.sha256)
-    check_manifest(out / "manifest.json", identity, "evaluation")
+    check_manifest(out / "manifest.json", identity, "evaluation", EVAL_FOLDER_FIX)
     write_json(
         out / "manifest.json",
         {
@@ -158,7 +163,8 @@ def evaluate(
     start = time.perf_counter()
     summary = EvaluateSummary()
     out = paths.eval_dir(config.folder)
-    check_manifest(out / "manifest.json", config.identity(graphs.sha256), "evaluation")  # never mix caches
+    # never mix caches
+    check_manifest(out / "manifest.json", config.identity(graphs.sha256), "evaluation", EVAL_FOLDER_FIX)
     prompts, summary.not_in_questions = run_prompts(paths, graphs)
     records = finished_images(paths)
     cache = cached_answers(out)

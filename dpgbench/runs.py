@@ -182,7 +182,12 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def check_manifest(path: Path, identity: Mapping[str, Any], what: str) -> bool:
+def check_manifest(
+    path: Path,
+    identity: Mapping[str, Any],
+    what: str,
+    fix: str = "use another output folder, or the same settings to resume",
+) -> bool:
     """True if `path` exists and was made with the same identity; raise if it was made differently."""
     if not path.exists():
         return False
@@ -192,7 +197,7 @@ def check_manifest(path: Path, identity: Mapping[str, Any], what: str) -> bool:
         k = diffs[0]
         raise DpgBenchError(
             f"{path}: this {what} was made with {k}={old.get(k)!r}, now {k}={identity.get(k)!r} "
-            f"({len(diffs)} setting(s) differ); use another output folder, or the same settings to resume"
+            f"({len(diffs)} setting(s) differ); {fix}"
         )
     return True
 
