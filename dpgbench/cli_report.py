@@ -281,6 +281,7 @@ def correlate_cmd(
     human: Annotated[Path, typer.Option("--human", help="CSV with columns model,item_id,rating")],
     protocol: Protocol = "strict",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="write the agreement table as CSV")] = None,
+    plots: Annotated[bool, typer.Option(help="save a score-vs-rating scatter as PNG next to --out")] = True,
 ) -> None:
     """Agreement of per-prompt scores with human ratings: Spearman and Kendall tau-b, p-values, n."""
     from dpgbench.correlate import (
@@ -321,6 +322,14 @@ def correlate_cmd(
 
         write_csv(out, [asdict(a) for a in results], AGREEMENT_COLUMNS)
         console.print(f"{out}: {len(results)} row(s)")
+        if plots:
+            from dpgbench import plots as figures
+
+            pooled = results[0]
+            title = f"{protocol}: Spearman {_r(pooled.spearman)}, Kendall tau-b {_r(pooled.kendall_tau_b)}, n {pooled.n}"
+            png = out.with_suffix(".png")
+            figures.save_png(figures.agreement_scatter(pairs, title), png)
+            console.print(f"{png}: prompt scores against human ratings")
 
 
 def _r(value: float) -> str:

@@ -124,5 +124,20 @@ def curve_plot(curve: Curve, level: str = "l1") -> Figure:
     return figure
 
 
+def agreement_scatter(pairs: Mapping[str, Sequence[tuple[str, float, float]]], title: str) -> Figure:
+    """Per-prompt score against the mean human rating, one colour per model (item_id, score, rating)."""
+    figure = _figure(5.6, 4.2)
+    ax = figure.add_subplot()
+    for model, rows in pairs.items():
+        ax.scatter([s for _, s, _ in rows], [r for _, _, r in rows], s=14, alpha=0.7, label=model)
+    ax.set_xlim(-2, 102)
+    ax.set_xlabel("prompt score (%)")
+    ax.set_ylabel("human rating (mean over raters)")
+    ax.set_title(title)
+    if len(pairs) > 1:
+        ax.legend(fontsize="small")
+    return figure
+
+
 def _or_zero(value: float | None) -> float:
     return 0.0 if value is None or math.isnan(value) else value

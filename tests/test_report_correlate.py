@@ -100,6 +100,16 @@ def test_correlate_command(report_runs, ratings, tmp_path):
         rows = list(csv.DictReader(f))
     assert [(r["scope"], r["n"]) for r in rows] == [("all", "24"), ("a", "12"), ("b", "12")]
     assert float(rows[0]["kendall_tau_b"]) == pytest.approx(0.7899921463159465, abs=1e-12)
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_agreement_scatter_draws_every_pair():
+    from dpgbench import plots
+
+    pairs = {"a": [("1", 50.0, 3.0), ("2", 75.0, 4.5)], "b": [("1", 20.0, 1.0)]}
+    figure = plots.agreement_scatter(pairs, "t")
+    offsets = [collection.get_offsets().tolist() for collection in figure.axes[0].collections]
+    assert offsets == [[[50.0, 3.0], [75.0, 4.5]], [[20.0, 1.0]]]
 
 
 def test_too_few_pairs_or_a_constant_side_give_nan():
