@@ -221,6 +221,10 @@ def score_cmd(
     Without a run: `dpgbench score --questions Q --answers A.csv --out DIR` scores answers made elsewhere.
     """
     if answers is not None:
+        if run is not None:
+            raise DpgBenchError(
+                f"give a run folder ({run}) or --answers {answers}, not both: --answers scores a table made elsewhere"
+            )
         score_answer_table(questions, answers, out, registry.parse_pairs(where or [], "--where"))
         return
     if run is None:

@@ -740,3 +740,20 @@ def test_answer_table_for_every_question_of_dsg1k(shared_dir: Path, tmp_path: Pa
     assert answer_stats(graphs.prompts, table.answers).unanswered == 0
     assert results["strict"].n == results["dsg"].n == 1060
     assert results["official"].n == 1058  # the first prompt loses row 0; one more has a dangling parent
+
+
+def test_run_and_answers_together_are_refused(demo_run: Path, tmp_path: Path, capsys):
+    answers = answers_csv(tmp_path, ["demo_fox,0,1,yes"])
+    args = [
+        "score",
+        str(demo_run),
+        "--questions",
+        "demo",
+        "--answers",
+        str(answers),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    code, _, err = run(args, capsys)
+    assert_one_line_error(code, err, "not both")
+    assert not (tmp_path / "o").exists()
