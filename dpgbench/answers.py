@@ -65,7 +65,7 @@ def read_answer_table(
     line = reader.line_num + 1
     for record in reader:
         start, line = line, reader.line_num + 1
-        if not any(cell.strip() for cell in record):
+        if not "".join(record).strip():
             continue
         if len(record) < len(header):
             raise DpgBenchError(

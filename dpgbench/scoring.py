@@ -42,6 +42,8 @@ def normalize_answer(answer: str | None) -> str:
     """'Yes.' -> 'yes', ' NO ' -> 'no'; anything else is returned lower-cased and stripped."""
     if answer is None:
         return ""
+    if answer in ("yes", "no"):  # nearly every answer: skip the string work
+        return answer
     return answer.strip().lower().strip(string.punctuation + " ")
 
 
@@ -183,6 +185,7 @@ def _score_graph_protocol(
         slots = list(answers.get(prompt.item_id, ()))
         slots += [None] * (n_images - len(slots))
         tree = ancestors(questions) if protocol == "strict" else None
+        categories = [q.l2 for q in questions]
         image_scores = []
         for index, image in enumerate(slots):
             if image is None:
@@ -190,8 +193,8 @@ def _score_graph_protocol(
             final = (
                 strict_image(questions, image, tree) if protocol == "strict" else dsg_image(questions, image)
             )
-            for q, value in zip(questions, final):
-                pool.add(q.l2, value)
+            for category, value in zip(categories, final):
+                pool.add(category, value)
             image_scores.append(sum(final) / len(final))
         prompt_scores[prompt.item_id] = sum(image_scores) / len(image_scores) * 100
     overall = sum(prompt_scores.values()) / len(prompt_scores) if prompt_scores else math.nan
