@@ -151,7 +151,8 @@ def load_csv(path: str | Path, name: str | None = None) -> GraphSet:
     text = read_text(path)
     if not text.strip():
         raise DpgBenchError(f"{path}:1: empty file; expected a header row: {','.join(CSV_COLUMNS)}")
-    reader = csv.reader(io.StringIO(text, newline=""))
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = [h.strip() for h in next(reader)]
     missing = [c for c in CSV_COLUMNS if c not in header]
     if missing:

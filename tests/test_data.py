@@ -94,6 +94,13 @@ def test_bad_csv_messages(tmp_path: Path, content, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_tsv_is_read_with_tabs(tmp_path: Path):
+    rows = [HEADER, "p,t,k,1,0,entity,whole,entity - whole (x),Is there x?"]
+    path = write(tmp_path, "\n".join(r.replace(",", "\t") for r in rows) + "\n", "g.tsv")
+    graphs = load_graphs(path)
+    assert graphs.n_questions == 1 and graphs.prompts[0].questions[0].l2 == "entity - whole"
+
+
 def test_bad_jsonl_and_paths(tmp_path: Path):
     with pytest.raises(DpgBenchError, match=r"bad.jsonl:2: not valid JSON"):
         load_jsonl(write(tmp_path, '{"item_id": "a", "text": "t"}\n{oops\n', "bad.jsonl"))
