@@ -47,7 +47,8 @@ def leaderboard_cmd(
         bool, typer.Option(help="add published results (self-reported, with sources)")
     ] = False,
     reference_file: Annotated[
-        Path | None, typer.Option(help="reference table (default results/reference.csv)")
+        Path | None,
+        typer.Option(help="reference table (default: the ELLA paper's Table 4 shipped with dpgbench)"),
     ] = None,
     mixed: Annotated[
         bool, typer.Option(help="allow different judges or question sets, flagged per row")

@@ -1,8 +1,8 @@
 """The leaderboard: one row per scored (run, judge) with its scores, coverage and provenance, as CSV or Markdown.
 
 Rows judged differently or on other question graphs are refused, or kept with a `flags` cell that says
-so (`mixed=True`). Published results come from `results/reference.csv`, each number with its source, and
-are always flagged as self-reported: they were not recomputed here.
+so (`mixed=True`). Published results come from `dpgbench/results/reference.csv` (package data, so a wheel
+has it), each number with its source, and are always flagged as self-reported: they were not recomputed here.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dpgbench.errors import DpgBenchError
 from dpgbench.scored import L1_ORDER, ScoredRun, category_order
 from dpgbench.scoring import PROTOCOLS
 
-REFERENCE_CSV = Path(__file__).resolve().parents[1] / "results" / "reference.csv"
+REFERENCE_CSV = Path(__file__).resolve().parent / "results" / "reference.csv"
 REFERENCE_COLUMNS = (
     "model",
     "overall",
@@ -199,7 +199,7 @@ def load_reference(path: str | Path | None = None) -> list[dict[str, Any]]:
     path = Path(path) if path else REFERENCE_CSV
     if not path.is_file():
         raise DpgBenchError(
-            f"{path}: no reference table here; pass --reference-file PATH (see results/reference.csv)"
+            f"{path}: no reference table here; pass --reference-file PATH (see dpgbench/results/reference.csv)"
         )
     reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
     missing = [c for c in REFERENCE_COLUMNS if c not in (reader.fieldnames or [])]

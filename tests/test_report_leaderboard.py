@@ -167,7 +167,7 @@ TABLE_4 = {
 
 
 def test_every_reference_number_is_the_papers_table_4():
-    """All 48 numbers of results/reference.csv, each with the same source, flagged as self-reported."""
+    """All 48 numbers of dpgbench/results/reference.csv, each with the same source, flagged as self-reported."""
     refs = {r["model"]: r for r in load_reference()}
     assert set(refs) == set(TABLE_4)
     for model, numbers in TABLE_4.items():
