@@ -184,6 +184,8 @@ def load_csv(path: str | Path, name: str | None = None) -> GraphSet:
         if prompt is None:
             prompt = prompts[item_id] = Prompt(item_id, cells["text"], [], start)
         prompt.questions.append(question)
+    if not prompts:
+        raise DpgBenchError(f"{path}:2: no question rows after the header; one row per question is expected")
     return GraphSet(name or path.stem, str(path), sha256_file(path), list(prompts.values()), notes)
 
 

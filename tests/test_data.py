@@ -79,6 +79,7 @@ def write(tmp_path: Path, text: str | bytes, name: str = "bad.csv") -> Path:
     ("content", "message"),
     [
         ("", "bad.csv:1: empty file; expected a header row"),
+        (HEADER + "\n\n", "bad.csv:2: no question rows after the header"),
         ("item_id,text\nx,y\n", "bad.csv:1: missing column(s) keywords, proposition_id"),
         (
             HEADER + "\np,t,k,one,0,entity,whole,entity - whole (x),Is there x?\n",
