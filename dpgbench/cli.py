@@ -6,6 +6,7 @@ rich progress bar with rate and ETA; rerunning the same command resumes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import traceback
@@ -24,7 +25,16 @@ from dpgbench.backends import BACKENDS
 from dpgbench.data import GraphSet, save_graphs
 from dpgbench.errors import DpgBenchError
 from dpgbench.evaluate import EvaluateConfig, EvaluateSummary, evaluate, write_eval_manifest
-from dpgbench.generate import GenerateConfig, GenerateSummary, generate, select_prompts, write_manifest
+from dpgbench.generate import (
+    GenerateConfig,
+    GenerateSummary,
+    generate,
+    model_differences,
+    package_differences,
+    replay_config,
+    select_prompts,
+    write_manifest,
+)
 from dpgbench.graphcheck import check_graphs
 from dpgbench.judges import JUDGES
 from dpgbench.runs import (
@@ -110,6 +120,7 @@ Where = Annotated[
 
 @app.command("generate")
 def generate_cmd(
+    ctx: typer.Context,
     backend: Annotated[str | None, typer.Option(help="backend name (`dpgbench ls backends`)")] = None,
     prompts: Annotated[
         str, typer.Option(help="benchmark name or path (.csv, .jsonl, folder of .txt)")
@@ -125,9 +136,31 @@ def generate_cmd(
     ] = None,
     retry_failed: Annotated[bool, typer.Option(help="retry images that failed in an earlier pass")] = True,
 ) -> None:
-    """Make images for every prompt (4 per prompt), resumable and reproducible."""
+    """Make images for every prompt (4 per prompt), resumable and reproducible.
+
+    `--from RUN/manifest.json --out NEW` replays a run (its hub model pinned to the commit it used);
+    --backend-arg, --limit and --shard may be added, options that change the experiment may not.
+    """
+    recorded = None
     if from_manifest is not None:
-        config = GenerateConfig(**read_json(from_manifest)["config"])
+        given = [
+            "--" + name.replace("_", "-")
+            for name in ("backend", "prompts", "seed", "images_per_prompt")
+            if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+        ]
+        if given:
+            raise DpgBenchError(
+                f"--from replays the run's settings and {', '.join(given)} would change them: drop "
+                f"{'it' if len(given) == 1 else 'them'}, or run without --from"
+            )
+        manifest = read_json(from_manifest)
+        in_place = out is None or out.resolve() == from_manifest.parent.resolve()
+        overrides = registry.parse_pairs(backend_arg or [], "--backend-arg")
+        config = replay_config(manifest, overrides, pin=not in_place)
+        config = dataclasses.replace(config, limit=limit if limit is not None else config.limit)
+        if getattr(ctx.get_parameter_source("retry_failed"), "name", "") == "COMMANDLINE":
+            config.retry_failed = retry_failed
+        recorded = None if in_place else manifest  # in place is a resume, checked by the manifest itself
         out = out or from_manifest.parent
     else:
         if backend is None:
@@ -137,12 +170,33 @@ def generate_cmd(
         args = registry.parse_pairs(backend_arg or [], "--backend-arg")
         config = GenerateConfig(backend, args, prompts, images_per_prompt, seed, limit, retry_failed)
     out = out or Path("results") / config.backend
-    summary = run_generate(config, out, shard)
+    summary = run_generate(config, out, shard, recorded)
     if summary.failed:
         raise typer.Exit(1)
 
 
-def run_generate(config: GenerateConfig, out: Path, shard_text: str | None) -> GenerateSummary:
+def check_replay(recorded: dict, prompts_sha256: str, info: dict) -> None:
+    """A replay must use the recorded prompts and model files; other differences are only reported."""
+    if recorded.get("identity", {}).get("prompts_sha256") not in (None, prompts_sha256):
+        raise DpgBenchError(
+            f"--from: the prompt file {recorded['config']['prompts']} changed since the run was made "
+            "(its sha256 differs); replay needs the same prompts"
+        )
+    changed = model_differences(recorded.get("backend") or {}, info)
+    files = [c for c in changed if not c.startswith("dtype")]
+    if files:
+        raise DpgBenchError(
+            f"--from: the model is not the one the run used ({'; '.join(files)}); replay needs the same files"
+        )
+    moved = [c for c in changed if c.startswith("dtype")]
+    moved += package_differences(recorded.get("backend") or {}, info)
+    if moved:
+        warn_notes(moved, "difference(s) from the recorded run: pixels may not match exactly", show=5)
+
+
+def run_generate(
+    config: GenerateConfig, out: Path, shard_text: str | None, recorded: dict | None = None
+) -> GenerateSummary:
     graphs = load_prompts(config.prompts)
     shard = combined_shard(shard_text)
     chosen = select_prompts(graphs.prompts, config.limit, (0, 1))
@@ -151,6 +205,8 @@ def run_generate(config: GenerateConfig, out: Path, shard_text: str | None) -> G
     # Refuse a folder made differently before loading a model for minutes.
     check_manifest(paths.manifest, config.identity(graphs.sha256), "run")
     backend = registry.create(BACKENDS, config.backend, "backend", config.backend_args)
+    if recorded is not None:
+        check_replay(recorded, graphs.sha256, backend.info())
     write_manifest(paths, config, graphs.sha256, [p.item_id for p in chosen], backend.info())
     total = len(mine) * config.images_per_prompt
     with progress_bar(f"generate {config.backend}", total, "images") as advance:
@@ -159,9 +215,16 @@ def run_generate(config: GenerateConfig, out: Path, shard_text: str | None) -> G
         finally:
             # API backends know their usage and cost only now; keep it with the run even after an error.
             write_manifest(paths, config, graphs.sha256, [p.item_id for p in chosen], backend.info())
-    usage = backend.info().get("usage")
-    if usage:
-        console.print(f"backend usage: {usage}", highlight=False)
+    info = backend.info()
+    if info.get("usage"):
+        console.print(f"backend usage: {info['usage']}", highlight=False)
+    if info.get("prompts_over_token_limit"):
+        console.print(
+            f"note: {info['prompts_over_token_limit']} of {len(mine)} prompts are longer than the "
+            f"{info['text_token_limit']} tokens the text encoder takes; the pipeline cut them (as it does "
+            "for everyone)",
+            highlight=False,
+        )
     console.print(
         f"{out}: {summary.done} image(s) made, {summary.skipped} already done, {len(summary.failed)} failed "
         f"in {summary.seconds:.1f} s"
@@ -537,8 +600,12 @@ def import_folder_cmd(
     )
     warn_notes([f"{p.file}: {p.problem}" for p in report.problems], "file(s) could not be used", show=10)
     warn_notes([f"{item}[{index}]" for item, index in report.missing], "image(s) missing", show=5)
-    if report.imported + report.unchanged:
-        console.print(f"next: dpgbench score {out} --judge mplug-large")
+    if not report.imported + report.unchanged:
+        raise DpgBenchError(
+            f"{src}: no usable image for the {len(graphs.prompts)} prompts of {prompts} (problems above); "
+            "check --prompts, the file names (<item_id>_<index>.png, or <item_id>.png with --grid-tile)"
+        )
+    console.print(f"next: dpgbench score {out} --judge mplug-large")
 
 
 @app.command("export-grids")

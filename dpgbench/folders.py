@@ -142,6 +142,9 @@ def _match(
     stem = file.stem
     if grid_tile:
         if stem not in by_name:
+            per_image = PER_IMAGE_NAME.match(stem)
+            if per_image is not None and per_image["item"] in by_name:
+                return "looks like one file per image (<item_id>_<index>); import those without grid_tile"
             return f"extra file: no prompt has item_id '{stem}' (grids are named <item_id>.png)"
         if by_name[stem] in grids:
             return f"duplicate grid for '{stem}' (also {grids[by_name[stem]].name})"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ from dpgbench.runs import (
     check_manifest,
     environment,
     finished_images,
+    read_json,
     sha256_bytes,
     write_json,
 )
@@ -48,6 +50,14 @@ class GenerateConfig:
     seed: int = 0
     limit: int | None = None  # first N prompts only, for quick tries
     retry_failed: bool = True
+
+    def __post_init__(self) -> None:
+        if self.images_per_prompt < 1:
+            raise DpgBenchError(
+                f"--images-per-prompt {self.images_per_prompt}: use 1 or more (DPG-Bench uses 4)"
+            )
+        if self.limit is not None and self.limit < 1:
+            raise DpgBenchError(f"--limit {self.limit}: use 1 or more, or leave it out for every prompt")
 
     def identity(self, prompts_sha256: str) -> dict[str, Any]:
         """What decides the pixels: a run folder made with a different identity is refused."""
@@ -101,6 +111,57 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:500]
 
 
+# Backend facts that decide the pixels but are not in the identity (they come from the machine or the hub):
+# a run resumed with another model snapshot or dtype would mix images of two models.
+MODEL_KEYS = ("resolved_commit", "local_fingerprint", "dtype")
+
+
+def model_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'dtype float16 -> float32', ... for each MODEL_KEYS fact both backend infos record and that differ."""
+
+    def short(value: Any) -> str:
+        text = str(value)
+        return text[:12] + "..." if re.fullmatch(r"[0-9a-f]{40,64}", text) else text
+
+    return [
+        f"{key} {short(recorded[key])} -> {short(current[key])}"
+        for key in MODEL_KEYS
+        if recorded.get(key) is not None and current.get(key) is not None and recorded[key] != current[key]
+    ]
+
+
+def package_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'diffusers 0.30.0 -> 0.39.0', ...: versions that may move pixels by a few levels."""
+    old, new = recorded.get("packages") or {}, current.get("packages") or {}
+    return [
+        f"{name} {old[name]} -> {new[name]}" for name in sorted(old) if name in new and old[name] != new[name]
+    ]
+
+
+def replay_config(manifest: dict[str, Any], overrides: dict[str, str], *, pin: bool) -> GenerateConfig:
+    """The GenerateConfig of a manifest, with --backend-arg overrides; `pin` fixes a hub model's revision
+    to the commit the run resolved (a replay into a new folder gets the same snapshot even if the branch
+    moved on)."""
+    config = GenerateConfig(**manifest["config"])
+    if config.backend == "folder":
+        raise DpgBenchError(
+            "this run was imported with `dpgbench import-folder`, not generated; import the folder again instead"
+        )
+    recorded = manifest.get("backend") or {}
+    commit = str(recorded.get("resolved_commit") or "")
+    args = dict(config.backend_args)
+    pinned = re.fullmatch(r"[0-9a-f]{40}", args.get("revision", ""))
+    if (
+        pin
+        and not pinned
+        and re.fullmatch(r"[0-9a-f]{40}", commit)
+        and "revision" in (recorded.get("config") or {})
+    ):
+        args["revision"] = commit
+    config.backend_args = args | overrides
+    return config
+
+
 def write_manifest(
     paths: RunPaths,
     config: GenerateConfig,
@@ -110,7 +171,14 @@ def write_manifest(
 ) -> None:
     """Refuse a folder made differently; otherwise (re)write the manifest with what this call used."""
     identity = config.identity(prompts_sha256)
-    check_manifest(paths.manifest, identity, "run")
+    if check_manifest(paths.manifest, identity, "run"):
+        changed = model_differences(read_json(paths.manifest).get("backend") or {}, backend_info)
+        if changed:
+            raise DpgBenchError(
+                f"{paths.manifest}: this run was made with another model ({'; '.join(changed)}); resuming would "
+                "mix images of two models. Use another output folder, or resume where the recorded model and "
+                "precision are available (HF_HUB_OFFLINE=1 keeps the cached snapshot of a hub model)"
+            )
     write_json(
         paths.manifest,
         {

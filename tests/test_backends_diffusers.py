@@ -92,6 +92,18 @@ def test_model_card_defaults():
         512,
     )
     assert defaults("diffusers").model == ""
+    # Scheduler: the repo's, except SD 2.1 whose card swaps in DPM-Solver++ (v-prediction kept, below).
+    assert [defaults(n).scheduler for n in ("sd15", "sd21", "sdxl", "pixart-alpha")] == [
+        "",
+        "DPMSolverMultistepScheduler",
+        "",
+        "",
+    ]
+    pixart = defaults("pixart-alpha")
+    assert (pixart.max_sequence_length, pixart.resolution_binning, pixart.clean_caption) == (120, True, True)
+    # fp16 on a GPU as every card shows, fp32 on CPU; no safety checker or watermark changing pixels.
+    assert {defaults(n).dtype for n in FAMILIES} == {"auto"}
+    assert (defaults("sd15").safety_checker, defaults("sdxl").watermark) == (False, False)
 
 
 def test_sd21_scheduler_swap_keeps_v_prediction(backends):
@@ -154,20 +166,6 @@ def test_negative_prompt_changes_pixels(tiny_sd15_dir):
         BACKENDS, "sd15", "backend", {"model": str(tiny_sd15_dir), "negative_prompt": "blurry"} | TINY
     )
     assert sha(plain.generate("a cat", [5])[0]) != sha(negative.generate("a cat", [5])[0])
-
-
-def test_out_of_memory_turns_padding_off(backends, monkeypatch):
-    """After an OOM, generate.py retries image by image: a padded batch would run out of memory again."""
-    backend = backends["sd15"]
-
-    def exhausted(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    monkeypatch.setattr(backend, "pipe", exhausted)
-    with pytest.raises(torch.OutOfMemoryError):
-        backend.generate("a cat", SEEDS)
-    assert backend.pad_batches is False
-    backend.pad_batches = True  # the fixture is shared
 
 
 def test_bad_inputs_name_the_fix(tmp_path, tiny_sdxl_dir, tiny_sd15_dir, monkeypatch):
@@ -271,31 +269,208 @@ def test_resume_after_a_kill_and_sharding_reach_the_same_bytes(backends, tmp_pat
     ]
 
 
-def test_out_of_memory_retry_image_by_image(backends, tmp_path, monkeypatch):
-    """generate.py retries a prompt image by image after an OOM; the backend then runs unpadded batches."""
+# ---------------------------------------------------------------------------------------------------------
+# Through the real CLI: a kill mid-run, out of memory, replay from a manifest, model changes, the hub.
+
+from dpgbench.backends.stable_diffusion import SD15Backend  # noqa: E402
+from dpgbench.cli import main  # noqa: E402
+from dpgbench.registry import Entry  # noqa: E402
+from dpgbench.runs import RunPaths, read_json, read_jsonl  # noqa: E402
+
+
+def cli(args, capsys):
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tiny_args(folder, out, *extra):
+    args = ["generate", "--backend", "sd15", "--prompts", "demo", "--out", out, "--limit", "4"]
+    for key, value in ({"model": folder, "device": "cpu"} | TINY).items():
+        args += ["--backend-arg", f"{key}={value}"]
+    return args + list(extra)
+
+
+def run_hashes(folder):
+    records = [r for r in finished_images_of(folder).values() if r["status"] == "ok"]
+    return {(r["item_id"], r["index"]): r["sha256"] for r in records}
+
+
+def finished_images_of(folder):
+    from dpgbench.runs import finished_images
+
+    return finished_images(RunPaths(folder))
+
+
+def test_sigkill_mid_run_then_resume_reaches_the_uninterrupted_bytes(tiny_sd15_dir, tmp_path, capsys):
+    """A real `dpgbench generate` process is SIGKILLed as soon as its first images are logged; rerunning
+    the same command makes only the rest, and every image equals the uninterrupted run's, byte for byte."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "dpgbench.cli", *map(str, tiny_args(tiny_sd15_dir, killed))]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    log = RunPaths(killed).images_log()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.exists() and log.read_bytes().count(b"\n") >= 1:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    stderr = process.communicate()[1].decode()
+    assert process.returncode == -signal.SIGKILL, stderr  # killed, not finished
+    logged = len(read_jsonl(log))
+    assert 1 <= logged < 16, logged
+    code, out, err = cli(tiny_args(tiny_sd15_dir, killed), capsys)
+    assert code == 0, err
+    assert f"{16 - logged} image(s) made, {logged} already done, 0 failed" in out
+    code, _, err = cli(tiny_args(tiny_sd15_dir, tmp_path / "whole"), capsys)
+    assert code == 0, err
+    reference = run_hashes(tmp_path / "whole")
+    assert len(reference) == 16 and run_hashes(killed) == reference
+    for (item_id, index), _ in reference.items():
+        name = RunPaths(killed).image_file(item_id, index).name
+        assert (killed / "images" / name).read_bytes() == (tmp_path / "whole" / "images" / name).read_bytes()
+
+
+class OneImageSD15(SD15Backend):
+    """SD 1.5 on a device with room for one image: the real pipeline's step callback raises the
+    torch.OutOfMemoryError CUDA raises when a batch of more than one image reaches the UNet."""
+
+    batches: list[int] = []
+
+    def call_kwargs(self):
+        def on_step_end(pipe, step, timestep, tensors):
+            OneImageSD15.batches.append(int(tensors["latents"].shape[0]))
+            if tensors["latents"].shape[0] > 1:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+            return tensors
+
+        return super().call_kwargs() | {"callback_on_step_end": on_step_end}
+
+
+def test_out_of_memory_on_a_batch_retries_image_by_image(tiny_sd15_dir, tmp_path, capsys, monkeypatch):
     import numpy as np
     from PIL import Image
 
-    backend = backends["sd21"]
-    whole, _ = run_folder(backend, tmp_path / "whole", prompts=PROMPTS[:1])
-    real_pipe = backend.pipe
-    calls = []
-
-    def pipe_with_small_memory(**kwargs):
-        calls.append(kwargs["num_images_per_prompt"])
-        if kwargs["num_images_per_prompt"] > 1:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
-        return real_pipe(**kwargs)
-
-    monkeypatch.setattr(backend, "pipe", pipe_with_small_memory)
-    try:
-        retried, summary = run_folder(backend, tmp_path / "retried", prompts=PROMPTS[:1])
-    finally:
-        backend.pad_batches = True
-    assert calls == [4, 1, 1, 1, 1]
-    assert (summary.done, summary.retried_one_by_one, summary.failed) == (4, 1, [])
-    # Batches of one use other kernels: pixels may move by one level, never more (measured here).
-    for index in range(4):
-        a = np.asarray(Image.open(whole.image_file("p0", index)), dtype=int)
-        b = np.asarray(Image.open(retried.image_file("p0", index)), dtype=int)
+    monkeypatch.setitem(BACKENDS, "sd15-one-image", Entry(f"{__name__}:OneImageSD15", "", "test"))
+    OneImageSD15.batches = []
+    small = tmp_path / "small"
+    args = tiny_args(tiny_sd15_dir, small, "--limit", "2")
+    args[args.index("sd15")] = "sd15-one-image"
+    code, out, err = cli(args, capsys)
+    assert code == 0, err
+    assert "8 image(s) made, 0 already done, 0 failed" in out
+    assert "2 prompt(s) retried image by image after OOM" in out
+    # Per prompt: the batch of 4 fails at its first step, then 4 unpadded batches of 1 run every step
+    # (PNDM's 2 steps are 3 UNet calls: its schedule without PRK steps repeats the last timestep).
+    assert OneImageSD15.batches == ([4] + [1] * 4 * 3) * 2
+    records = read_jsonl(RunPaths(small).images_log())
+    assert [r["batch"] for r in records] == [1] * 8 and all(r["status"] == "ok" for r in records)
+    assert read_json(RunPaths(small).manifest)["backend"]["padded_batches"] is False
+    # Same seeds as a normal batched run; a batch of one uses other kernels: at most one level apart.
+    code, _, err = cli(tiny_args(tiny_sd15_dir, tmp_path / "normal", "--limit", "2"), capsys)
+    assert code == 0, err
+    for record in records:
+        a = np.asarray(Image.open(small / record["file"]), dtype=int)
+        b = np.asarray(Image.open(tmp_path / "normal" / record["file"]), dtype=int)
         assert np.abs(a - b).max() <= 1
+
+
+def test_replay_from_a_manifest_reproduces_every_image(tiny_sd15_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, out, err = cli(
+        tiny_args(tiny_sd15_dir, run, "--seed", "3", "--backend-arg", "negative_prompt=blur"), capsys
+    )
+    assert code == 0, err
+    assert "note: 4 of 4 prompts are longer than the 77 tokens the text encoder takes" in out
+    manifest = read_json(run / "manifest.json")
+    backend = manifest["backend"]
+    # What decides the pixels is recorded.
+    assert (backend["steps"], backend["guidance"], backend["width"], backend["height"]) == (2, 7.5, 64, 64)
+    assert (backend["dtype"], backend["scheduler"], backend["negative_prompt"]) == (
+        "float32",
+        "PNDMScheduler",
+        "blur",
+    )
+    assert backend["scheduler_config"]["steps_offset"] == 1 and backend["prompts_over_token_limit"] == 4
+    assert {"torch", "diffusers", "transformers"} <= set(backend["packages"]) and "cuda" in backend
+    assert manifest["identity"]["seed"] == 3 and "sha256" in manifest["identity"]["seed_rule"]
+    code, out, err = cli(["generate", "--from", run / "manifest.json", "--out", tmp_path / "replay"], capsys)
+    assert code == 0, err
+    assert "16 image(s) made" in out
+    assert run_hashes(tmp_path / "replay") == run_hashes(run) and len(run_hashes(run)) == 16
+    # --limit and --backend-arg may be added; options that change the experiment are refused.
+    code, out, err = cli(
+        ["generate", "--from", run / "manifest.json", "--out", tmp_path / "two", "--limit", "2"], capsys
+    )
+    assert code == 0 and "8 image(s) made" in out, err
+    code, _, err = cli(
+        ["generate", "--from", run / "manifest.json", "--seed", "4", "--out", tmp_path / "x"], capsys
+    )
+    assert code == 1 and "--from replays the run's settings and --seed would change them" in err
+    assert err.count("\n") == 1
+    # Replayed in place it is a resume: nothing to do.
+    code, out, err = cli(["generate", "--from", run / "manifest.json"], capsys)
+    assert code == 0 and "0 image(s) made, 16 already done" in out, err
+
+
+def test_a_changed_model_folder_is_refused_on_resume_and_replay(tiny_sd15_dir, tmp_path, capsys):
+    folder = shutil.copytree(tiny_sd15_dir, tmp_path / "model")
+    run = tmp_path / "run"
+    code, _, err = cli(tiny_args(folder, run, "--limit", "1"), capsys)
+    assert code == 0, err
+    config = folder / "unet" / "config.json"
+    config.write_text(config.read_text().replace('"norm_eps": 1e-05', '"norm_eps": 1e-06'))
+    code, _, err = cli(tiny_args(folder, run, "--limit", "2"), capsys)
+    assert code == 1 and "this run was made with another model (local_fingerprint" in err
+    assert "resuming would mix images of two models" in err and err.count("\n") == 1
+    code, _, err = cli(["generate", "--from", run / "manifest.json", "--out", tmp_path / "replay"], capsys)
+    assert code == 1 and "--from: the model is not the one the run used (local_fingerprint" in err
+
+
+def test_replay_pins_a_hub_model_to_the_commit_the_run_used():
+    from dpgbench.generate import replay_config
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    manifest = {
+        "config": {"backend": "sdxl", "backend_args": {"steps": "30"}, "prompts": "dpg-bench", "seed": 0},
+        "backend": {"resolved_commit": commit, "config": {"revision": "main"}},
+    }
+    assert replay_config(manifest, {}, pin=True).backend_args == {"steps": "30", "revision": commit}
+    assert replay_config(manifest, {}, pin=False).backend_args == {"steps": "30"}  # a resume in place
+    assert replay_config(manifest, {"revision": "v2"}, pin=True).backend_args["revision"] == "v2"
+    with pytest.raises(DpgBenchError, match="imported with `dpgbench import-folder`"):
+        replay_config({"config": {"backend": "folder"}}, {}, pin=True)
+
+
+def test_unreachable_hub_through_the_cli(tmp_path, capsys, monkeypatch):
+    """No network (the hub endpoint is a closed local port) and offline mode: one line each, exit 1."""
+    import socket
+
+    import huggingface_hub.constants
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    args = ["generate", "--backend", "sd15", "--prompts", "demo", "--out", tmp_path / "run"]
+    args += ["--backend-arg", "model=nobody/no-such-model"]
+    code, _, err = cli(args, capsys)
+    assert code == 1 and "cannot get model 'nobody/no-such-model' at revision 'main'" in err
+    assert "the hub could not be reached (no network?)" in err and err.count("\n") == 1, err
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    code, _, err = cli(args, capsys)
+    assert code == 1 and "offline mode is on (HF_HUB_OFFLINE=1), so only the local cache" in err
+    assert "--backend-arg model=DIR" in err and err.count("\n") == 1, err

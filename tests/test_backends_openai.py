@@ -66,6 +66,8 @@ class ImagesAPI(BaseHTTPRequestHandler):
             return self._error(401, "invalid_api_key", "Incorrect API key provided")
         if "rate limited once" in prompt and count == 1:
             return self._error(429, "rate_limit_exceeded", "Rate limit reached", {"Retry-After": "0.05"})
+        if "slow down once" in prompt and count == 1:
+            return self._error(429, "rate_limit_exceeded", "Rate limit reached", {"Retry-After": "0.4"})
         if "server error once" in prompt and count == 1:
             return self._error(500, "server_error", "The server had an error")
         if "always busy" in prompt:
@@ -215,3 +217,65 @@ def test_generate_records_a_refused_prompt_as_failed_and_goes_on(server, tmp_pat
         "p3_0.png",
         "p3_1.png",
     ]
+
+
+def test_backoff_honours_retry_after_and_grows_exponentially(server):
+    import time
+
+    from dpgbench.openai_compat import backoff_wait
+
+    api = backend(server)
+    start = time.perf_counter()
+    api.generate("slow down once", [1])
+    assert time.perf_counter() - start >= 0.4  # the server's Retry-After, not our 0.01 s backoff
+    # Without Retry-After: backoff * 2**attempt with +-20% jitter, capped.
+    waits = [backoff_wait(attempt, RuntimeError("no response"), 1.0, 5.0) for attempt in range(5)]
+    for attempt, wait in enumerate(waits):
+        assert 0.8 * min(2**attempt, 5.0) <= wait <= 1.2 * min(2**attempt, 5.0)
+
+
+def test_an_endpoint_never_reached_stops_the_run(monkeypatch):
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("TEST_IMAGES_KEY", KEY)
+    api = backend(f"http://127.0.0.1:{port}/v1", max_retries="1")
+    with pytest.raises(DpgBenchError, match=rf"cannot reach http://127.0.0.1:{port}/v1 after 2 attempts"):
+        api.generate("a cat", [1])
+
+
+def test_cli_run_records_refusals_costs_and_goes_on(server, tmp_path, capsys):
+    """`dpgbench generate --backend openai-images` on a prompt folder: the refused prompt is logged as
+    failed with the API's reason, the others are made, the cost lands in the log and the manifest."""
+    from dpgbench.cli import main
+
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    for name, text in (("p1", "a red cat"), ("p2", "something forbidden"), ("p3", "rate limited once")):
+        (prompts / f"{name}.txt").write_text(text)
+    out = tmp_path / "run"
+    args = ["generate", "--backend", "openai-images", "--prompts", str(prompts), "--out", str(out)]
+    args += ["--images-per-prompt", "2"]
+    for key, value in {"base_url": server, "api_key_env": "TEST_IMAGES_KEY", "backoff": "0.01"}.items():
+        args += ["--backend-arg", f"{key}={value}"]
+    with pytest.raises(SystemExit) as caught:
+        main(args)
+    stdout, stderr = capsys.readouterr()
+    assert caught.value.code == 1  # some images failed
+    assert "4 image(s) made, 0 already done, 2 failed" in stdout
+    assert "failed p2[0]: PromptRefused: refused by the API (content_policy_violation)" in stderr
+    records = {(r["item_id"], r["index"]): r for r in read_jsonl(RunPaths(out).images_log())}
+    assert [records[("p2", i)]["status"] for i in range(2)] == ["failed", "failed"]
+    assert records[("p1", 0)]["cost_usd"] == 0.04 and records[("p3", 1)]["revised_prompt"].startswith(
+        "A detailed"
+    )
+    usage = json.loads((out / "manifest.json").read_text())["backend"]["usage"]
+    assert (usage["images"], usage["refused"], usage["retries"]) == (4, 2, 1)
+    assert usage["cost_usd"] == pytest.approx(0.16) and usage["requests"] == 7
+    # Rerun: the made images are kept, the refused prompt is asked again (and refused again).
+    with pytest.raises(SystemExit):
+        main(args)
+    stdout, _ = capsys.readouterr()
+    assert "0 image(s) made, 4 already done, 2 failed" in stdout

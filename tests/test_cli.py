@@ -126,6 +126,13 @@ def test_regenerated_or_corrupt_image_is_reasked_or_reported(demo_run: Path, cap
             "is not a number",
         ),
         (["generate", "--backend", "dummy", "--prompts", "dpg-bnech"], "Did you mean 'dpg-bench'?"),
+        (
+            ["generate", "--backend", "dummy", "--prompts", "demo", "--images-per-prompt", "0"],
+            "use 1 or more",
+        ),
+        (["generate", "--backend", "dummy", "--prompts", "demo", "--limit", "0"], "--limit 0: use 1 or more"),
+        (["generate", "--backend", "dummy", "--prompts", "demo", "--shard", "2/2"], "need 0 <= i < n"),
+        (["generate", "--from", "nowhere/manifest.json"], "nowhere/manifest.json: no such file"),
         (["score", "nowhere"], "no manifest.json here"),
         (["lint", "missing.csv"], "neither a benchmark"),
     ],
@@ -270,6 +277,15 @@ def test_fetch_offline_message(tmp_path: Path, monkeypatch, capsys):
 def test_ls_verbose_shows_defaults(capsys):
     code, out, _ = run(["ls", "backends", "--verbose"], capsys)
     assert code == 0 and "width (int) = 64" in out
+    for text in (
+        "scheduler (str) = ''  diffusers scheduler class to use instead of the checkpoint's, e.g. "
+        "DPMSolverMultistepScheduler (empty = the checkpoint's PNDMScheduler)",
+        "scheduler (str) = 'DPMSolverMultistepScheduler'",
+        "guidance (float | None) = 3.0",
+        "max_sequence_length (int) = 120",
+        "dtype (str) = 'auto'  auto (fp16 on GPU, fp32 on CPU)",
+    ):
+        assert text in out, text
 
 
 def test_regenerated_image_invalidates_only_its_answers(demo_run: Path, capsys):
@@ -740,6 +756,79 @@ def test_answer_table_for_every_question_of_dsg1k(shared_dir: Path, tmp_path: Pa
     assert answer_stats(graphs.prompts, table.answers).unanswered == 0
     assert results["strict"].n == results["dsg"].n == 1060
     assert results["official"].n == 1058  # the first prompt loses row 0; one more has a dangling parent
+
+
+def test_job_array_shards_times_ranks_reach_the_single_run(
+    demo_run: Path, tmp_path: Path, monkeypatch, capsys
+):
+    """--shard i/3 under 2 ranks: 6 disjoint logs whose union is the single-process run, image for image."""
+    out = tmp_path / "sharded"
+    for index in range(3):
+        for rank in (0, 1):
+            monkeypatch.setenv("RANK", str(rank))
+            monkeypatch.setenv("WORLD_SIZE", "2")
+            args = [
+                "generate",
+                "--backend",
+                "dummy",
+                "--prompts",
+                "demo",
+                "--out",
+                str(out),
+                "--shard",
+                f"{index}/3",
+            ]
+            code, _, err = run(args, capsys)
+            assert code == 0, err
+    logs = sorted(p.name for p in out.glob("images*.jsonl"))
+    assert logs == [f"images.rank{k}.jsonl" for k in range(6)]
+    merged = [r for log in logs for r in read_jsonl(out / log)]
+    single = read_jsonl(demo_run / "images.jsonl")
+    assert len(merged) == len(single) == 48
+    assert {(r["item_id"], r["index"]): r["sha256"] for r in merged} == {
+        (r["item_id"], r["index"]): r["sha256"] for r in single
+    }
+
+
+def test_torchrun_ranks_split_the_prompts(demo_run: Path, tmp_path: Path):
+    """The real launcher: `torchrun --nproc-per-node 2 -m dpgbench.cli generate ...` (RANK/WORLD_SIZE set by it)."""
+    pytest.importorskip("torch")
+    out = tmp_path / "torchrun"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += [
+        "-m",
+        "dpgbench.cli",
+        "generate",
+        "--backend",
+        "dummy",
+        "--prompts",
+        "demo",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("24 image(s) made") == 2
+    per_rank = [read_jsonl(out / f"images.rank{k}.jsonl") for k in (0, 1)]
+    demo_items = [r["item_id"] for r in read_jsonl(demo_run / "images.jsonl")][::4]
+    assert [r["item_id"] for r in per_rank[0]][::4] == demo_items[0::2]  # every other prompt
+    assert {r["sha256"] for r in per_rank[0] + per_rank[1]} == {
+        r["sha256"] for r in read_jsonl(demo_run / "images.jsonl")
+    }
+
+
+def test_import_with_nothing_usable_is_an_error(demo_run: Path, tmp_path: Path, capsys):
+    grids = tmp_path / "grids"
+    code, _, _ = run(["export-grids", str(demo_run), "--out", str(grids)], capsys)
+    assert code == 0
+    demo = str(catalog.PACKAGE_PROMPTS / "demo.csv")
+    # Grids imported as if they were one file per image: every file is reported, then one error line.
+    code, out, err = run(
+        ["import-folder", str(grids), "--out", str(tmp_path / "x"), "--prompts", demo], capsys
+    )
+    assert code == 1
+    assert "12 file(s) could not be used" in err and "import grids with grid_tile" in err
+    assert err.strip().splitlines()[-1].startswith("error: ") and "no usable image for the 12 prompts" in err
 
 
 def test_run_and_answers_together_are_refused(demo_run: Path, tmp_path: Path, capsys):

@@ -134,5 +134,15 @@ def test_bad_arguments(tmp_path):
         import_folder(tmp_path / "nope", PROMPTS, tmp_path / "run")
     with pytest.raises(DpgBenchError, match="no manifest.json here"):
         export_grids(tmp_path, tmp_path / "grids")
+    # Per-image files imported as grids: each says what it looks like.
+    src = tmp_path / "per_image"
+    src.mkdir()
+    (src / "a1_0.png").write_bytes(encode(picture(0)))
+    report = import_folder(src, PROMPTS, tmp_path / "run2", grid_tile=16)
+    assert report.problems == [
+        FileProblem(
+            "a1_0.png", "looks like one file per image (<item_id>_<index>); import those without grid_tile"
+        )
+    ]
     with pytest.raises(DpgBenchError, match="grid-tile needs a positive tile size"):
         import_folder(tmp_path, PROMPTS, tmp_path / "run", grid_tile=0)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -44,9 +46,9 @@ HELP = {
 }
 
 
-def option(default: Any, key: str) -> Any:
+def option(default: Any, key: str, note: str = "") -> Any:
     """A Config field whose help text is the shared one for `key` (family configs only change defaults)."""
-    return field(default=default, metadata={"help": HELP[key]})
+    return field(default=default, metadata={"help": HELP[key] + (f" ({note})" if note else "")})
 
 
 @dataclass
@@ -94,6 +96,8 @@ class DiffusersBackend:
         self.extra_call_args = parse_json_object(config.call_args, "call_args")
         # After an out-of-memory error generate.py retries image by image; padding would defeat that.
         self.pad_batches = True
+        # Prompts longer than the text encoder takes (the pipeline cuts them): counted, not warned per call.
+        self.long_prompts: set[str] = set()
         # 1. Find the files: a local folder as is, or the hub snapshot for (model, revision).
         self.folder, self.commit = locate_pipeline(config.model, config.revision, config.variant, self.name)
         # 2. Load with the real from_pretrained path, then place it on the device.
@@ -132,9 +136,10 @@ class DiffusersBackend:
         from diffusers import DiffusionPipeline
 
         try:
-            pipe = DiffusionPipeline.from_pretrained(
-                self.folder, torch_dtype=self.dtype, variant=self.config.variant, **self.load_kwargs()
-            )
+            with quiet_libraries():
+                pipe = DiffusionPipeline.from_pretrained(
+                    self.folder, torch_dtype=self.dtype, variant=self.config.variant, **self.load_kwargs()
+                )
         except (OSError, ValueError) as exc:
             raise DpgBenchError(
                 f"backend '{self.name}': could not load a diffusers pipeline from {self.folder} "
@@ -203,13 +208,15 @@ class DiffusersBackend:
             # 2. One CPU generator per image: a seed means the same starting noise on any device.
             generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in padded]
             try:
-                out = self.pipe(
-                    prompt=prompt,
-                    num_images_per_prompt=len(padded),
-                    generator=generators,
-                    output_type="pil",
-                    **self.pipeline_arguments(),
-                )
+                with quiet_libraries():
+                    self._note_length(prompt)
+                    out = self.pipe(
+                        prompt=prompt,
+                        num_images_per_prompt=len(padded),
+                        generator=generators,
+                        output_type="pil",
+                        **self.pipeline_arguments(),
+                    )
             except Exception as exc:
                 if is_out_of_memory(exc):
                     self.pad_batches = False
@@ -219,6 +226,22 @@ class DiffusersBackend:
             # 3. Keep the real images, drop the padding.
             images.extend(out.images[: len(chunk)])
         return images
+
+    def token_limit(self) -> int | None:
+        """Tokens the pipeline's (first) text encoder takes; longer prompts are cut by the pipeline."""
+        tokenizer = getattr(self.pipe, "tokenizer", None)
+        limit = self.pipeline_arguments().get("max_sequence_length") or getattr(
+            tokenizer, "model_max_length", None
+        )
+        # Tokenizers without a limit report a huge sentinel (int(1e30)).
+        return limit if isinstance(limit, int) and 0 < limit < 100_000 else None
+
+    def _note_length(self, prompt: str) -> None:
+        limit = self.token_limit()
+        if limit is None or prompt in self.long_prompts:
+            return
+        if len(self.pipe.tokenizer(prompt).input_ids) > limit:
+            self.long_prompts.add(prompt)
 
     def pipeline_arguments(self) -> dict[str, Any]:
         """Steps, guidance and size (only those set: none means the pipeline's default), family extras."""
@@ -273,7 +296,10 @@ class DiffusersBackend:
             "padded_batches": self.pad_batches,
             "config": asdict(self.config),
             "packages": package_versions(),
+            "cuda": torch.version.cuda,
             "torch_threads": torch.get_num_threads(),
+            "text_token_limit": self.token_limit(),
+            "prompts_over_token_limit": len(self.long_prompts),
         }
 
 
@@ -320,6 +346,30 @@ def parse_json_object(text: str, key: str) -> dict[str, Any]:
     return value
 
 
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """diffusers/transformers warnings and their loading bars off for a call (the CLI draws its own bar;
+    prompt truncation is counted in info() instead of warned once per prompt). Errors still raise."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers")]
+    levels = [logger.level for logger in loggers]
+    bars = [(m, m.is_progress_bar_enabled()) for m in (diffusers_logging, transformers_logging)]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    for module, _ in bars:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        for module, enabled in bars:
+            if enabled:
+                module.enable_progress_bar()
+
+
 def offline_mode() -> bool:
     import huggingface_hub.constants
 
@@ -347,20 +397,48 @@ def locate_pipeline(model: str, revision: str, variant: str | None, backend: str
     from diffusers import DiffusionPipeline
 
     try:
-        folder = str(DiffusionPipeline.download(model, revision=revision, variant=variant))
+        with quiet_libraries():
+            folder = str(DiffusionPipeline.download(model, revision=revision, variant=variant))
     except Exception as exc:  # hub errors come as OSError, HTTPError, ValueError... all mean the same
-        mode = (
-            "offline mode is on (HF_HUB_OFFLINE=1), so only the local cache was searched"
-            if offline_mode()
-            else "offline mode is off (HF_HUB_OFFLINE unset), so the network was tried"
-        )
         raise DpgBenchError(
             f"backend '{backend}': cannot get model {model!r} at revision {revision!r} "
-            f"({root_cause(exc)}); {mode}. Download it where the hub is reachable "
+            f"({root_cause(exc)}); {why_not_found(exc)}. Download it where the hub is reachable "
             f"(`hf download {model} --local-dir DIR`) and pass the folder: --backend-arg model=DIR"
         ) from exc
     match = SNAPSHOT_COMMIT.search(folder)
     return folder, match.group(1) if match else "unknown"
+
+
+def why_not_found(exc: BaseException) -> str:
+    """Offline mode, no network, or a hub answer (no such repo/revision, gated): what to do differs."""
+    import huggingface_hub.constants
+
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 20:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    names = {type(e).__name__ for e in chain}
+    cache = huggingface_hub.constants.HF_HUB_CACHE
+    if offline_mode():
+        return f"offline mode is on (HF_HUB_OFFLINE=1), so only the local cache ({cache}) was searched"
+    if names & {"RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError"}:
+        return (
+            "the hub has no such repo or revision, or it is private/gated "
+            "(accept its license on the model page and log in with `hf auth login`)"
+        )
+    if any(isinstance(e, (ConnectionError, TimeoutError)) for e in chain) or names & {
+        "ConnectError",
+        "ConnectTimeout",
+        "gaierror",
+        "MaxRetryError",
+        "NameResolutionError",
+    }:
+        return (
+            "the hub could not be reached (no network?) and the model is not in the local cache "
+            f"({cache}); offline mode is off (HF_HUB_OFFLINE unset)"
+        )
+    return "offline mode is off (HF_HUB_OFFLINE unset), so the network was tried"
 
 
 def root_cause(exc: BaseException) -> str:

@@ -148,6 +148,15 @@ class OpenAIImagesBackend:
                         f"backend 'openai-images': the account is out of quota ({error_message(exc)}); "
                         "add credit or use another key"
                     ) from None
+                unreachable = isinstance(exc, openai.APIConnectionError) and not isinstance(
+                    exc, openai.APITimeoutError
+                )
+                if attempt >= c.max_retries and unreachable and not self.usage.images:
+                    # Never reached at all: a wrong base_url or no network, not one unlucky image.
+                    raise DpgBenchError(
+                        f"backend 'openai-images': cannot reach {c.base_url or 'https://api.openai.com/v1'} "
+                        f"after {attempt + 1} attempts ({error_message(exc)}); check base_url and the network"
+                    ) from None
                 if attempt >= c.max_retries:
                     raise RuntimeError(
                         f"gave up after {attempt + 1} attempts: {type(exc).__name__}: {error_message(exc)}"

@@ -24,6 +24,7 @@ class PixArtAlphaConfig(DiffusersConfig):
     guidance: float | None = option(4.5, "guidance")
     width: int | None = option(1024, "width")
     height: int | None = option(1024, "height")
+    scheduler: str = option("", "scheduler", "empty = the checkpoint's DPMSolverMultistepScheduler")
     resolution_binning: bool = field(
         default=True,
         metadata={"help": "snap the size to the nearest trained aspect-ratio bin, then resize back"},

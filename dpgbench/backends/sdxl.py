@@ -23,6 +23,7 @@ class SDXLConfig(DiffusersConfig):
     guidance: float | None = option(5.0, "guidance")
     width: int | None = option(1024, "width")
     height: int | None = option(1024, "height")
+    scheduler: str = option("", "scheduler", "empty = the checkpoint's EulerDiscreteScheduler")
     watermark: bool = field(default=False, metadata={"help": WATERMARK_HELP})
 
 

