@@ -62,6 +62,7 @@ def read_answer_table(
     with_id: dict[str, dict[int, list[Question]]] = {}
     table = AnswerTable({}, n_images, layout)
     first_line: dict[tuple[str, int, int, str], int] = {}
+    seen_values: dict[str, set[str]] = {k: set() for k in where or {}}
     line = reader.line_num + 1
     for record in reader:
         start, line = line, reader.line_num + 1
@@ -75,6 +76,8 @@ def read_answer_table(
         cells = {name: record[i] for name, i in col.items()}
         if where and any(cells[k] != v for k, v in where.items()):
             table.not_selected += 1
+            for k in where:
+                seen_values[k].add(cells[k])
             continue
         table.rows += 1
         item_id = cells["item_id"].strip()
@@ -124,6 +127,15 @@ def read_answer_table(
             slot = slots[index] = {}
         slot.setdefault(question.question, answer)
         slot[(pid, question.question)] = answer  # what scoring reads first (see scoring.ImageAnswers)
+    if not table.rows:
+        if table.not_selected:
+            k = next(iter(where or {}))
+            values = ", ".join(sorted(seen_values[k])[:10])
+            raise DpgBenchError(
+                f"{path}: --where {k}={(where or {})[k]} matches none of its {table.not_selected} rows; "
+                f"{k} here is one of: {values}"
+            )
+        raise DpgBenchError(f"{path}:2: no answer rows after the header; one row per answer is expected")
     return table
 
 

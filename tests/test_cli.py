@@ -461,6 +461,10 @@ BAD_ANSWER_FILES = {
         "a.csv:2: image_index 4 is outside 0-3",
     ),
     "empty file": (b"", "a.csv:1: empty file"),
+    "header only": (
+        b"item_id,image_index,proposition_id,answer\n",
+        "a.csv:2: no answer rows after the header",
+    ),
     "not UTF-8": (
         b"item_id,image_index,proposition_id,answer\np,0,1,yes\np,0,2,s\xed\n",
         "a.csv:3: not UTF-8 (byte 0xed)",
@@ -559,6 +563,12 @@ def test_where_counts_the_rows_it_leaves_out(shared_dir: Path, tmp_path: Path, c
     code, out, err = run([*args, "--where", "t2i_model=sd2dot1"], capsys)
     assert code == 0, err
     assert "1 answer(s) used, 0 ignored, 2 not selected by --where" in out
+    code, _, err = run([*args, "--where", "t2i_model=sd3"], capsys)
+    assert_one_line_error(
+        code,
+        err,
+        "--where t2i_model=sd3 matches none of its 3 rows; t2i_model here is one of: sd1dot5, sd2dot1",
+    )
 
 
 def test_answers_need_question_graphs(shared_dir: Path, tmp_path: Path, capsys):
