@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 import importlib.util
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -66,6 +66,25 @@ def parse_text_length(text: str) -> int | None:
     return int(text)
 
 
+def parse_device(text: str) -> Any:
+    """'cpu', 'cuda', 'cuda:1', 'mps' -> a torch.device that exists here; one line otherwise."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise DpgBenchError(f"--device {text}: not a device name; use cpu, cuda or cuda:N") from None
+    usable = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available()
+        and (device.index is None or device.index < torch.cuda.device_count()),
+        "mps": torch.backends.mps.is_available(),
+    }.get(device.type, False)
+    if not usable:
+        raise DpgBenchError(f"--device {text}: no such device on this machine; use --device cpu")
+    return device
+
+
 def load_models(
     checkpoint: str,
     checkpoint_file: str,
@@ -80,7 +99,7 @@ def load_models(
     from ella import CheckpointError, load_tsc
     from ella.text_encoder import T5TextEmbedder, default_device, default_dtype
 
-    target = default_device() if device is None else device
+    target = default_device() if device is None else parse_device(device)
     dtype = default_dtype(target)
     try:
         tsc = load_tsc(
@@ -149,6 +168,8 @@ def attention_cmd(
     for module, extra in (("torch", "generate"), ("transformers", "generate"), ("matplotlib", "report")):
         if importlib.util.find_spec(module) is None:
             raise DpgBenchError(f"`dpgbench ella attention` needs {module}: pip install 'dpgbench[{extra}]'")
+    if device is not None:
+        parse_device(device)  # before loading anything
     # 2. Models, then the attention (one-line errors for a block out of range or a mismatched T5).
     from ella import CheckpointError
     from ella.attention import attention_over_timesteps, resolve_block, save_heatmap, write_csv
@@ -175,8 +196,13 @@ def attention_cmd(
             highlight=False,
         )
     # 3. Heatmap and its numbers.
-    save_heatmap(result, out)
-    table = write_csv(result, out.with_suffix(".csv"))
+    try:
+        save_heatmap(result, out)
+        table = write_csv(result, out.with_suffix(".csv"))
+    except OSError as exc:
+        raise DpgBenchError(
+            f"-o {out}: cannot write there ({exc.strerror or exc}); choose another path"
+        ) from None
     err_console.print(
         f"wrote {out} and {table}: {len(result.timesteps)} timesteps x {len(result.words)} words, {result.block}",
         highlight=False,

@@ -1,8 +1,9 @@
 """ELLA (Timestep-Aware Semantic Connector) and LLM4GEN (Cross-Adapter Module) for diffusers pipelines.
 
 Usable on its own: it never imports dpgbench. Model code lives in `model.py` / `llm4gen.py`, weights
-loading in `checkpoint.py`, T5 features in `text_encoder.py`, the UNet wrapper in `unet_proxy.py`,
-inference helpers in `pipeline.py`, training in `train.py` (`python -m ella.train`).
+loading in `checkpoint.py` (its `CheckpointError` in `errors.py`), T5 features in `text_encoder.py`, the
+UNet wrapper in `unet_proxy.py`, inference helpers in `pipeline.py`, training in `train.py`
+(`python -m ella.train`).
 """
 
 from ella.checkpoint import CheckpointError, check_base, load_llm4gen_adapter, load_tsc

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ella.checkpoint import CheckpointError
+from ella.checkpoint import check_text_width
 from ella.model import ELLA
 from ella.text_encoder import T5TextEmbedder
 
@@ -123,12 +123,7 @@ def attention_over_timesteps(
     if not steps:
         raise ValueError("no timesteps given: pass at least one, e.g. 999,500,1")
     blocks, block_label = resolve_block(block, len(tsc.connector.perceiver_blocks))
-    expected = tsc.config["input_dim"] or tsc.config["width"]
-    if embedder.hidden_size != expected:
-        raise CheckpointError(
-            f"the text encoder makes {embedder.hidden_size}-wide features but the TSC takes {expected}: "
-            "use the T5 the TSC was trained with (google/flan-t5-xl for the released ELLA)"
-        )
+    check_text_width(tsc, embedder.hidden_size)
     # 1. T5 once, with the tokens it saw (same tokenizer call as inside `encode`).
     tokens = embedder.tokenize([prompt], embedder.max_length)
     features = embedder.encode([prompt])

@@ -1,7 +1,8 @@
 """Loading ELLA / LLM4GEN weights from files, folders or the hub, strictly, and checking the base UNet.
 
-Owns the single error type of the package (`CheckpointError`, a ValueError with a one-line message
-that lists the offending keys and the fix) and the defaults naming the released checkpoints.
+Owns strict loading (a `CheckpointError` with a one-line message listing the offending keys and the
+fix), the checks that a base UNet and a text encoder fit a TSC, and the defaults naming the released
+checkpoints.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ella.errors import CheckpointError as CheckpointError  # re-exported: ella.checkpoint.CheckpointError
+from ella.errors import listing
 from ella.llm4gen import LLM4GEN_REPO, LLM4GENAdapter
 from ella.model import ELLA
 
@@ -22,11 +25,6 @@ ELLA_SD15_FILE = "ella-sd1.5-tsc-t5xl.safetensors"
 LLM4GEN_FILE = "projector.pth"
 # Folder layouts written by `save_pretrained` (ours) besides the single released files.
 _FOLDER_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-_SHOWN_KEYS = 6
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or base model that does not fit: the message names the file and what to do."""
 
 
 def resolve(source: str | Path, filename: str | None = None, revision: str | None = None) -> Path:
@@ -58,9 +56,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    # weights_only: a checkpoint is data; never unpickle arbitrary objects from a downloaded file.
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own SafetensorError, or OSError
+            raise CheckpointError(f"{path} is not a readable .safetensors file ({_reason(exc)})") from exc
+    try:
+        # weights_only: a checkpoint is data; never unpickle arbitrary objects from a downloaded file.
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle and zip errors of every kind (KeyError, UnpicklingError, ...)
+        raise CheckpointError(
+            f"{path} is not a readable torch checkpoint ({_reason(exc)}); give a .safetensors/.pth "
+            "state dict or a save_pretrained folder"
+        ) from exc
     if isinstance(loaded, Mapping) and "state_dict" in loaded and isinstance(loaded["state_dict"], Mapping):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
@@ -68,9 +75,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(loaded)
 
 
-def _listing(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_SHOWN_KEYS])
-    return f"{len(keys)} ({shown}{', ...' if len(keys) > _SHOWN_KEYS else ''})"
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
 
 def load_strict(
@@ -90,11 +97,11 @@ def load_strict(
     ]
     problems = []
     if missing:
-        problems.append(f"missing keys {_listing(missing)}")
+        problems.append(f"missing keys {listing(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys {_listing(unexpected)}")
+        problems.append(f"unexpected keys {listing(unexpected)}")
     if misshaped:
-        problems.append(f"wrong shapes (file vs model) {_listing(misshaped)}")
+        problems.append(f"wrong shapes (file vs model) {listing(misshaped)}")
     if problems:
         raise CheckpointError(
             f"{source} does not match {type(model).__name__}: {'; '.join(problems)}. "
@@ -213,19 +220,39 @@ def check_base(tsc: ELLA, unet_config: Mapping[str, Any]) -> None:
     """Refuse a UNet the TSC cannot drive (e.g. an SDXL UNet with the SD 1.5 TSC), saying which fits."""
     unet_width = unet_config.get("cross_attention_dim")
     pooled = sdxl_pooled_dim(unet_config)
+    tsc_pooled = tsc.config["pooled_dim"]
+    if pooled is None and tsc_pooled is not None:
+        raise CheckpointError(
+            f"the TSC is an ELLA-SDXL one ({tsc.output_dim}-wide tokens and a pooled head) but this UNet "
+            f"(cross_attention_dim {unet_width}) takes no pooled embedding: use it with an SDXL base "
+            "(backend ella-sdxl)"
+        )
     kind = "an SDXL" if pooled is not None else "this"
     if unet_width != tsc.output_dim:
+        released = " (SD 1.x for the released TSC)" if tsc.output_dim == 768 else ""
         raise CheckpointError(
             f"the TSC makes {tsc.output_dim}-wide tokens but {kind} UNet's cross_attention_dim is {unet_width}: "
-            f"use a base whose UNet takes {tsc.output_dim} (SD 1.x for the released TSC), or a TSC trained for "
-            f"this base (ELLA(output_dim={unet_width}{f', pooled_dim={pooled}' if pooled else ''}))"
+            f"use a base whose UNet takes {tsc.output_dim}{released}, or a TSC trained for this base "
+            f"(ELLA(output_dim={unet_width}{f', pooled_dim={pooled}' if pooled else ''}))"
         )
-    if pooled is not None and tsc.config["pooled_dim"] != pooled:
+    if pooled is not None and tsc_pooled != pooled:
         raise CheckpointError(
             f"an SDXL UNet needs a {pooled}-wide pooled text embedding but the TSC gives "
-            f"{tsc.config['pooled_dim'] or 'none'}: use an ELLA-SDXL TSC (ELLA(output_dim={unet_width}, pooled_dim={pooled}))"
+            f"{tsc_pooled or 'none'}: use an ELLA-SDXL TSC (ELLA(output_dim={unet_width}, pooled_dim={pooled}))"
         )
-    if pooled is None and tsc.config["pooled_dim"] is not None:
+
+
+def text_width(tsc: ELLA) -> int:
+    """Width of the text features the TSC reads: its proj_in's input, or its own width without proj_in."""
+    return int(tsc.config["input_dim"] or tsc.config["width"])
+
+
+def check_text_width(tsc: ELLA, hidden_size: int, source: object | None = None) -> None:
+    """Refuse a text encoder whose features the TSC cannot read (before any image is made)."""
+    expected = text_width(tsc)
+    if hidden_size != expected:
+        named = f" {source}" if source is not None else ""
         raise CheckpointError(
-            "the TSC has a pooled head (ELLA-SDXL) but the UNet takes no pooled embedding: use an SDXL base"
+            f"the text encoder{named} makes {hidden_size}-wide features but the TSC takes {expected}: "
+            "use the T5 the TSC was trained with (google/flan-t5-xl, 2048, for the released ELLA)"
         )

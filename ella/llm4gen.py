@@ -15,7 +15,10 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
-from transformers import AutoTokenizer, T5Config, T5EncoderModel, T5PreTrainedModel
+from transformers import T5Config, T5EncoderModel, T5PreTrainedModel, T5Tokenizer
+
+from ella.errors import refuse_missing_weights
+from ella.text_encoder import quiet_transformers
 
 RANKGEN_ENCODER = "kalpeshk2011/rankgen-t5-xl-all"
 # RankGen reuses the T5 v1.1 sentencepiece vocabulary; its own repo has no tokenizer files.
@@ -135,11 +138,27 @@ class RankGenEmbedder:
         device: str | torch.device = "cpu",
         max_length: int = LLM_TOKENS,
     ) -> RankGenEmbedder:
-        """`tokenizer` defaults to the T5 v1.1 one for hub ids, to the encoder folder for local folders."""
+        """`tokenizer` defaults to the T5 v1.1 one for hub ids, to the encoder folder for local folders.
+
+        The slow sentencepiece `T5Tokenizer`, as the release uses. A folder without RankGen's
+        `t5_encoder.*` weights raises `CheckpointError` (it would otherwise run with random layers).
+        """
         if tokenizer is None:
             tokenizer = encoder if Path(encoder).is_dir() else RANKGEN_TOKENIZER
-        model = RankGenT5Encoder.from_pretrained(encoder, dtype=dtype or torch.float32)
-        return cls(model.to(device), AutoTokenizer.from_pretrained(tokenizer), max_length)
+        with quiet_transformers():
+            model, info = RankGenT5Encoder.from_pretrained(
+                encoder, dtype=dtype or torch.float32, output_loading_info=True
+            )
+            # `projection` is never used by LLM4GEN: only the t5_encoder weights must all be there.
+            refuse_missing_weights(
+                info, encoder, "RankGenT5Encoder (t5_encoder.*)", unused=["projection.weight"]
+            )
+            loaded_tokenizer = T5Tokenizer.from_pretrained(tokenizer, legacy=True)
+        return cls(model.to(device), loaded_tokenizer, max_length)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.d_model)
 
     @property
     def device(self) -> torch.device:

@@ -6,12 +6,15 @@ Owns `T5TextEmbedder` and `TextFeatures`. Fixed length reproduces the released m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import T5EncoderModel, T5Tokenizer
+
+from ella.errors import refuse_missing_weights
 
 FLAN_T5_XL = "google/flan-t5-xl"
 FIXED_LENGTH = 128
@@ -26,6 +29,20 @@ class TextFeatures:
 
     def __len__(self) -> int:
         return len(self.hidden)
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings off while loading: missing weights are refused by us in one line instead,
+    and the slow tokenizer's `legacy` notice is about the behaviour we choose on purpose."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def default_device() -> torch.device:
@@ -55,12 +72,21 @@ class T5TextEmbedder:
         dtype: torch.dtype | None = None,
         revision: str | None = None,
     ) -> T5TextEmbedder:
-        """Encoder weights only (a full T5 checkpoint's decoder is skipped); fp16 on GPU unless told."""
+        """Encoder weights only (a full T5 checkpoint's decoder is skipped); fp16 on GPU unless told.
+
+        A folder lacking encoder weights (another model's layout) raises `CheckpointError` instead of
+        running with randomly initialised layers.
+        """
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
-        model = T5EncoderModel.from_pretrained(path, dtype=dtype, revision=revision).to(device)
-        # The slow sentencepiece tokenizer, as upstream: the fast one differs on some whitespace cases.
-        tokenizer = T5Tokenizer.from_pretrained(path, revision=revision or "main", legacy=True)
+        with quiet_transformers():
+            model, info = T5EncoderModel.from_pretrained(
+                path, dtype=dtype, revision=revision, output_loading_info=True
+            )
+            refuse_missing_weights(info, path, "T5EncoderModel")
+            # The slow sentencepiece tokenizer, as upstream: the fast one differs on some whitespace cases.
+            tokenizer = T5Tokenizer.from_pretrained(path, revision=revision or "main", legacy=True)
+        model = model.to(device)
         return cls(model, tokenizer, max_length)
 
     @property

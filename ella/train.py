@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ella.checkpoint import check_base, load_tsc, sdxl_pooled_dim
+from ella.checkpoint import check_base, check_text_width, load_tsc, sdxl_pooled_dim
 from ella.model import ELLA
 from ella.text_encoder import FLAN_T5_XL, T5TextEmbedder, TextFeatures
 from ella.train_data import (
@@ -222,6 +222,48 @@ def resolve_resume(config: TrainConfig) -> Path | None:
     return path
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def check_config(config: TrainConfig) -> None:
+    """Options that would fail later (or silently do nothing): one line naming the flag and the fix."""
+    if config.mixed_precision not in ("no", "fp16", "bf16"):
+        raise TrainDataError(f"--mixed-precision {config.mixed_precision}: use no, fp16 or bf16")
+    if not 0 <= config.caption_dropout < 1:
+        raise TrainDataError(f"--caption-dropout {config.caption_dropout}: use a probability in [0, 1)")
+    at_least_one = {
+        "max_steps": config.max_steps,
+        "batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "checkpoint_every": config.checkpoint_every,
+        "keep_checkpoints": 1 if config.keep_checkpoints is None else config.keep_checkpoints,
+        "max_length": 1 if config.max_length is None else config.max_length,
+        "width": config.width,
+        "layers": config.layers,
+        "heads": config.heads,
+        "num_latents": config.num_latents,
+        "time_channel": config.time_channel,
+        "time_embed_dim": config.time_embed_dim,
+    }
+    for name, value in at_least_one.items():
+        if value < 1:
+            raise TrainDataError(f"--{name.replace('_', '-')} {value}: use a whole number of at least 1")
+    if config.resolution < 8 or config.resolution % 8:
+        raise TrainDataError(
+            f"--resolution {config.resolution}: use a multiple of 8 (the VAE downsamples 8x), e.g. 512"
+        )
+    if not config.learning_rate > 0:
+        raise TrainDataError(f"--learning-rate {config.learning_rate}: use a positive rate (paper: 1e-4)")
+    if config.weight_decay < 0 or config.warmup_steps < 0 or config.max_grad_norm < 0:
+        raise TrainDataError(
+            "--weight-decay, --warmup-steps and --max-grad-norm cannot be negative (0 turns them off)"
+        )
+    if config.num_workers < 0:
+        raise TrainDataError(f"--num-workers {config.num_workers}: use 0 (load in the main process) or more")
+
+
 # --------------------------------------------------------------------------------------------------
 # The loop
 
@@ -234,10 +276,7 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
 
-    if config.mixed_precision not in ("no", "fp16", "bf16"):
-        raise TrainDataError(f"--mixed-precision {config.mixed_precision}: use no, fp16 or bf16")
-    if not 0 <= config.caption_dropout < 1:
-        raise TrainDataError(f"--caption-dropout {config.caption_dropout}: use a probability in [0, 1)")
+    check_config(config)
     output_dir = Path(config.output_dir)
 
     # 1. Accelerator (devices, processes, autocast) and the frozen models in the training precision.
@@ -248,19 +287,36 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
         config.mixed_precision
     ]
-    frozen = load_frozen(config.base, weight_dtype, device, config.gradient_checkpointing)
+    try:
+        frozen = load_frozen(config.base, weight_dtype, device, config.gradient_checkpointing)
+    except (OSError, ValueError) as exc:  # no such folder or hub id, or not a diffusers SD layout
+        raise TrainDataError(
+            f"--base {config.base}: cannot load its unet/, vae/ and scheduler/ ({_first_line(exc)}); "
+            "give a diffusers SD 1.x / SDXL folder or hub id"
+        ) from exc
     pairs = read_pairs(config.data)
 
     # 2. Text features: precomputed once (T5 is then dropped from memory) or encoded per batch.
     from transformers import T5Config
 
-    text_width = int(T5Config.from_pretrained(config.text_encoder).d_model)
+    try:
+        text_width = int(T5Config.from_pretrained(config.text_encoder).d_model)
+    except (OSError, ValueError) as exc:
+        raise TrainDataError(
+            f"--text-encoder {config.text_encoder}: cannot read its T5 config ({_first_line(exc)}); "
+            "give a T5 encoder folder or hub id (google/flan-t5-xl for ELLA)"
+        ) from exc
     features_dir = Path(config.features_dir) if config.features_dir else output_dir / "t5_features"
 
     def load_embedder() -> T5TextEmbedder:
-        return T5TextEmbedder.from_pretrained(
-            config.text_encoder, max_length=config.max_length, device=device, dtype=weight_dtype
-        )
+        try:
+            return T5TextEmbedder.from_pretrained(
+                config.text_encoder, max_length=config.max_length, device=device, dtype=weight_dtype
+            )
+        except OSError as exc:  # CheckpointError (weights missing) is a ValueError and passes as is
+            raise TrainDataError(
+                f"--text-encoder {config.text_encoder}: cannot load it ({_first_line(exc)})"
+            ) from exc
 
     embedder: T5TextEmbedder | None = None
     if config.precompute_features:
@@ -284,6 +340,7 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     else:
         tsc = fresh_tsc(config, text_width, frozen.unet.config)
     check_base(tsc, frozen.unet.config)
+    check_text_width(tsc, text_width, config.text_encoder)
     tsc.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(
         tsc.parameters(),

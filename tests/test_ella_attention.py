@@ -213,7 +213,7 @@ def test_text_width_must_fit_the_tsc(embedder):
         attention_over_timesteps(seeded_tsc(input_dim=20), embedder, PROMPT, STEPS)
     assert str(caught.value) == (
         "the text encoder makes 32-wide features but the TSC takes 20: use the T5 the TSC was trained with "
-        "(google/flan-t5-xl for the released ELLA)"
+        "(google/flan-t5-xl, 2048, for the released ELLA)"
     )
 
 
@@ -317,6 +317,17 @@ def test_command_errors_are_one_line_with_the_fix(tsc_files, tiny_t5_dir, tmp_pa
         str(tiny_t5_dir),
         str(tmp_path / "f.png"),
     )
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"junk")
+    blocker = tmp_path / "a-file"  # -o inside a regular file: the folder cannot be made
+    blocker.write_text("x")
+    not_t5 = tmp_path / "not-t5"  # a T5-configured folder whose weights are another model's (random layers)
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    from ella.llm4gen import RankGenT5Encoder
+
+    RankGenT5Encoder(T5EncoderModel.from_pretrained(t5).config).save_pretrained(not_t5)
+    AutoTokenizer.from_pretrained(t5).save_pretrained(not_t5)
     cases = [
         (
             ["--timesteps", "999,abc", "-o", png],
@@ -347,6 +358,23 @@ def test_command_errors_are_one_line_with_the_fix(tsc_files, tiny_t5_dir, tmp_pa
         (
             ["--checkpoint", folder, "--t5", str(tmp_path), "-o", png],
             f"--t5 {tmp_path}: cannot load the T5 encoder",
+        ),
+        (["--device", "gpu", "-o", png], "--device gpu: not a device name; use cpu, cuda or cuda:N"),
+        (
+            ["--device", "cuda:7", "-o", png],
+            "--device cuda:7: no such device on this machine; use --device cpu",
+        ),
+        (
+            ["--checkpoint", str(junk), "-o", png],
+            f"--checkpoint: {junk} is not a readable torch checkpoint (",
+        ),
+        (
+            ["--checkpoint", folder, "--t5", str(not_t5), "-o", png],
+            f"--t5 {not_t5}: cannot load the T5 encoder ({not_t5} lacks weights of T5EncoderModel: missing keys",
+        ),
+        (
+            ["--checkpoint", folder, "--t5", t5, "-o", str(blocker / "f.png")],
+            f"-o {blocker / 'f.png'}: cannot write there (",
         ),
     ]
     for args, message in cases:

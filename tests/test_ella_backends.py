@@ -187,6 +187,74 @@ def test_bad_setups_name_the_fix(tiny_sd15_dir, tiny_sdxl_dir, tiny_t5_dir, tsc_
         )
 
 
+def test_a_t5_of_the_wrong_width_is_refused_before_any_image(tiny_sd15_dir, tsc_file, tmp_path):
+    narrow = tiny.save_tiny_t5(tmp_path / "t5-24", d_model=24)  # a real T5 folder, but 24 wide, TSC takes 32
+    args = FAST | {"model": str(tiny_sd15_dir), "checkpoint": str(tsc_file), "text_encoder": str(narrow)}
+    with pytest.raises(DpgBenchError) as error:
+        create(BACKENDS, "ella-sd15", "backend", args)
+    assert str(error.value) == (
+        f"backend 'ella-sd15': the text encoder {narrow} makes 24-wide features but the TSC takes 32: use the "
+        "T5 the TSC was trained with (google/flan-t5-xl, 2048, for the released ELLA); "
+        "--backend-arg text_encoder=DIR"
+    )
+
+
+def run_cli(args, capsys):
+    from dpgbench.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+def test_generate_command_refuses_bad_checkpoints_and_bases_in_one_line(
+    tiny_sd15_dir, tiny_sdxl_dir, tiny_t5_dir, tsc_file, tmp_path, capsys
+):
+    """`dpgbench generate` as a user runs it: exit code 1 and one `error:` line naming the keys or the base."""
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "p1.txt").write_text(PROMPT + "\n")
+    state = seeded_tsc().state_dict()
+    state["connector.extra"] = state.pop("connector.latents")
+    del state["connector.proj_in.bias"]
+    save_file(state, tmp_path / "broken.safetensors")
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+
+    def generate(backend, model, checkpoint):
+        args = ["generate", "--backend", backend, "--prompts", str(prompts), "--out", str(tmp_path / "run")]
+        options = FAST | {
+            "model": str(model),
+            "checkpoint": str(checkpoint),
+            "text_encoder": str(tiny_t5_dir),
+        }
+        for key, value in options.items():
+            args += ["--backend-arg", f"{key}={value}"]
+        return run_cli(args, capsys)
+
+    cases = [
+        (
+            ("ella-sd15", tiny_sd15_dir, tmp_path / "broken.safetensors"),
+            "missing keys 2 (connector.latents, connector.proj_in.bias); unexpected keys 1 (connector.extra)",
+        ),
+        (("ella-sd15", tiny_sd15_dir, tmp_path / "junk.pth"), "junk.pth is not a readable torch checkpoint"),
+        (
+            ("ella-sdxl", tiny_sdxl_dir, tsc_file),
+            "the TSC makes 32-wide tokens but an SDXL UNet's cross_attention_dim is 64",
+        ),
+        (("ella-sd15", tiny_sdxl_dir, tsc_file), "expects a StableDiffusionPipeline"),
+    ]
+    for (backend, model, checkpoint), message in cases:
+        code, err = generate(backend, model, checkpoint)
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 1, err
+        assert len(errors) == 1 and message in errors[0], err
+        assert "Traceback" not in err
+    assert not list((tmp_path / "run").glob("**/*.png"))
+
+
 # ------------------------------------------------------------------------------------------ LLM4GEN
 
 
@@ -231,6 +299,51 @@ def test_rankgen_encoder_tokens_and_round_trip(rankgen_dir):
         assert torch.equal(again(ids[:1], mask[:1]), features)
 
 
+def test_rankgen_uses_the_slow_tokenizer_of_the_release(rankgen_dir):
+    from transformers import T5Tokenizer
+
+    embedder = RankGenEmbedder.from_pretrained(rankgen_dir)
+    assert type(embedder.tokenizer) is T5Tokenizer  # the release tokenizes with T5Tokenizer (sentencepiece)
+    prompt = "\nGround view of the Great Pyramids, on the moon.\n"  # the release's example starts with \n
+    reference = T5Tokenizer.from_pretrained(rankgen_dir, legacy=True)("pre " + prompt).input_ids
+    ids, mask = embedder.token_ids([prompt])
+    assert ids[0, : len(reference)].tolist() == reference and int(mask.sum()) == len(reference)
+
+
+def test_text_encoders_without_their_weights_are_refused(tiny_t5_dir, rankgen_dir):
+    """A folder of the other layout would load with random layers (transformers only warns): refused."""
+    from ella import CheckpointError
+    from ella.text_encoder import T5TextEmbedder
+
+    with pytest.raises(CheckpointError) as error:
+        T5TextEmbedder.from_pretrained(rankgen_dir, device="cpu")
+    message = str(error.value)
+    assert message.startswith(
+        f"{rankgen_dir} lacks weights of T5EncoderModel: missing keys 22 (encoder.block.0."
+    )
+    assert message.endswith("...); is it a T5EncoderModel folder?") and "\n" not in message
+    with pytest.raises(
+        CheckpointError, match=r"lacks weights of RankGenT5Encoder \(t5_encoder\.\*\): missing keys 22"
+    ):
+        RankGenEmbedder.from_pretrained(tiny_t5_dir)
+
+
+def test_llm4gen_refuses_an_encoder_of_the_wrong_width(tiny_sd15_dir, tiny_t5_dir, projector_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_t5_dir)
+    wide = tmp_path / "rankgen-32"
+    RankGenT5Encoder(tiny.tiny_t5_encoder(d_model=32, vocab_size=len(tokenizer)).config).save_pretrained(wide)
+    tokenizer.save_pretrained(wide)
+    args = FAST | {"model": str(tiny_sd15_dir), "unet": str(tiny_sd15_dir), "adapter": str(projector_dir)}
+    with pytest.raises(DpgBenchError) as error:
+        create(BACKENDS, "llm4gen-sd15", "backend", args | {"llm": str(wide)})
+    assert str(error.value) == (
+        f"backend 'llm4gen-sd15': the encoder '{wide}' makes 32-wide features but the CAM's llm_proj takes 24: "
+        "use the RankGen-T5-XL the adapter was trained with (--backend-arg llm=DIR)"
+    )
+
+
 def test_llm4gen_end_to_end(tiny_sd15_dir, rankgen_dir, projector_dir):
     args = FAST | {
         "model": str(tiny_sd15_dir),
@@ -257,6 +370,21 @@ def test_llm4gen_end_to_end(tiny_sd15_dir, rankgen_dir, projector_dir):
     assert np.array_equal(pixels(images)[2], pixels(alone)[0])
     states = seen[0]["encoder_hidden_states"]
     assert states.shape == (4, 77 + 256, 32)  # 2 images x CFG halves; CLIP tokens then refined LLM tokens
+    # Recomputed by hand: negative half first (diffusers' order), CAM(CLIP last hidden state, RankGen("pre ...")).
+    pipe = backend.pipe
+    with torch.no_grad():
+        for row, text in ((0, ""), (2, PROMPT)):
+            ids = pipe.tokenizer(
+                text, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+            )
+            clip = pipe.text_encoder(ids.input_ids)[0]
+            llm_ids, llm_mask = backend.llm.token_ids([text])
+            released = backend.llm.tokenizer("pre " + text).input_ids  # the "pre " prefix, then </s>, zeros
+            assert llm_ids[0].tolist() == released + [0] * (256 - len(released))
+            llm = backend.llm.model(llm_ids, attention_mask=llm_mask)
+            expected = backend.adapter(clip, llm)[0]
+            torch.testing.assert_close(states[row], expected, rtol=0, atol=1e-5)
+            assert torch.equal(states[row, :77], clip[0])  # CLIP tokens pass through untouched
     info = backend.info()
     assert info["adapter"]["config"] == {
         "clip_dim": 32,

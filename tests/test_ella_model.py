@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -151,6 +153,105 @@ def test_tsc_shapes_timestep_and_golden_value(tiny_tsc, text):
 GOLDEN_SUM = 660.4088487327099  # measured on CPU, torch 2.14.1
 
 
+def reference_tsc(state: dict, config: dict, text: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """The TSC written out from the facts of TencentQQGYLab/ELLA model.py with plain tensor algebra.
+
+    Independent of ella.model and of diffusers' embedding helpers: sinusoidal features with cos first and
+    no frequency shift (exponent / half), SiLU MLP, latents + time_aware_linear(SiLU(t)), proj_in, then per
+    block AdaLN (LayerNorm without affine, eps 1e-6, chunk = shift then scale, x(1+scale)+shift),
+    attention of normed latents over [normed latents; normed text], residual, squared-ReLU MLP, residual.
+    No proj_out and no final norm (the released layout).
+    """
+    width, heads = config["width"], config["heads"]
+    head_dim = width // heads
+
+    def linear(x, name):
+        return x @ state[f"{name}.weight"].T + state[f"{name}.bias"]
+
+    half = config["time_channel"] // 2
+    # float32 like upstream's Timesteps module (at t = 999 the angle's rounding alone moves outputs ~1e-4).
+    frequencies = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+    angles = steps.float()[:, None] * frequencies[None]
+    features = torch.cat([angles.cos(), angles.sin()], dim=-1)
+    hidden = linear(features, "time_embedding.linear_1")
+    time = linear(hidden * torch.sigmoid(hidden), "time_embedding.linear_2")[:, None]  # (batch, 1, dim)
+    silu_time = time * torch.sigmoid(time)
+
+    def ada_norm(x, name):
+        shift, scale = linear(silu_time, f"{name}.linear").chunk(2, dim=-1)
+        mean = x.mean(-1, keepdim=True)
+        variance = ((x - mean) ** 2).mean(-1, keepdim=True)
+        return (x - mean) / torch.sqrt(variance + 1e-6) * (1 + scale) + shift
+
+    def split(x):
+        return x.reshape(len(x), -1, heads, head_dim).transpose(1, 2)
+
+    latents = state["connector.latents"][None] + linear(silu_time, "connector.time_aware_linear")
+    text = linear(text, "connector.proj_in")
+    for block in range(config["layers"]):
+        name = f"connector.perceiver_blocks.{block}"
+        queries = ada_norm(latents, f"{name}.ln_1")
+        keys = torch.cat([queries, ada_norm(text, f"{name}.ln_2")], dim=1)
+        w, b = state[f"{name}.attn.in_proj_weight"], state[f"{name}.attn.in_proj_bias"]
+        q = split(queries @ w[:width].T + b[:width])
+        k = split(keys @ w[width : 2 * width].T + b[width : 2 * width])
+        v = split(keys @ w[2 * width :].T + b[2 * width :])
+        weights = (q @ k.transpose(-1, -2) / math.sqrt(head_dim)).softmax(dim=-1)
+        merged = (weights @ v).transpose(1, 2).reshape(len(latents), -1, width)
+        latents = latents + linear(merged, f"{name}.attn.out_proj")
+        inner = linear(ada_norm(latents, f"{name}.ln_ff"), f"{name}.mlp.c_fc")
+        latents = latents + linear(torch.relu(inner) ** 2, f"{name}.mlp.c_proj")
+    return latents
+
+
+def test_tsc_matches_the_released_formula(tiny_tsc, text):
+    steps = torch.tensor([999.0, 400.0, 1.0])
+    with torch.no_grad():
+        ours = tiny_tsc(text, steps)
+        expected = reference_tsc(dict(tiny_tsc.state_dict()), dict(tiny_tsc.config), text, steps)
+    assert ours.shape == expected.shape == (3, 8, 32)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=2e-5)
+    # The facts that matter, each flipped, no longer match: sin first, shift/scale swapped.
+    state = dict(tiny_tsc.state_dict())
+    for block in range(2):
+        for norm in ("ln_1", "ln_2", "ln_ff"):
+            for kind in ("weight", "bias"):
+                key = f"connector.perceiver_blocks.{block}.{norm}.linear.{kind}"
+                state[key] = torch.cat(state[key].chunk(2, dim=0)[::-1])
+    with torch.no_grad():
+        swapped = reference_tsc(state, dict(tiny_tsc.config), text, steps)
+    assert (swapped - ours).abs().max() > 1e-2
+
+
+def test_timestep_features_are_cos_first_without_shift(tiny_tsc):
+    """The features fed to time_embedding.linear_1 (diffusers' helper, as upstream's Timesteps module)."""
+    seen = {}
+    handle = tiny_tsc.time_embedding.linear_1.register_forward_pre_hook(
+        lambda m, args: seen.update(x=args[0])
+    )
+    with torch.no_grad():
+        tiny_tsc.timestep_embedding(torch.tensor([0, 500]), 2)
+    handle.remove()
+    half = 8
+    frequencies = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float64) / half)
+    angles = 500 * frequencies
+    assert seen["x"].shape == (2, 16)
+    assert seen["x"][0].tolist() == [1.0] * half + [0.0] * half  # t = 0: cos 0 = 1 first, then sin 0 = 0
+    torch.testing.assert_close(
+        seen["x"][1].double(), torch.cat([angles.cos(), angles.sin()]), atol=1e-5, rtol=0
+    )
+
+
+def test_fresh_latents_are_scaled_by_inverse_sqrt_width():
+    torch.manual_seed(0)
+    model = ELLA(
+        time_channel=16, time_embed_dim=24, width=256, layers=1, heads=8, num_latents=64, input_dim=20
+    )
+    latents = model.connector.latents.detach()
+    assert latents.shape == (64, 256)
+    assert float(latents.std()) == pytest.approx(256**-0.5, rel=0.03)  # 0.0625; 16k samples
+
+
 def test_flexible_mask_equals_truncation(tiny_tsc, text):
     mask = torch.ones(3, 11, dtype=torch.long)
     mask[1, 6:] = 0
@@ -246,6 +347,23 @@ def test_heads_that_do_not_divide_the_width(tiny_tsc, tmp_path):
         load_tsc(tmp_path / "tsc.safetensors", heads=5)
 
 
+def test_unreadable_files_are_one_clear_line(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint\n")
+    (tmp_path / "junk.safetensors").write_bytes(b"junk\n")
+    with pytest.raises(CheckpointError) as error:
+        load_tsc(tmp_path / "junk.pth")
+    assert str(error.value).startswith(f"{tmp_path / 'junk.pth'} is not a readable torch checkpoint (")
+    assert str(error.value).endswith("give a .safetensors/.pth state dict or a save_pretrained folder")
+    with pytest.raises(CheckpointError, match=r"junk.safetensors is not a readable .safetensors file \("):
+        load_tsc(tmp_path / "junk.safetensors")
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pth")  # a pickled module, not data
+    with pytest.raises(CheckpointError, match="pickled.pth is not a readable torch checkpoint"):
+        load_llm4gen_adapter(tmp_path / "pickled.pth")
+    torch.save({"step": 3}, tmp_path / "ints.pth")
+    with pytest.raises(CheckpointError, match="ints.pth does not hold a flat state dict of tensors"):
+        load_tsc(tmp_path / "ints.pth")
+
+
 def test_missing_file_is_one_clear_line(tmp_path):
     with pytest.raises(CheckpointError, match="not found: give a .safetensors/.pth file or a folder"):
         load_tsc(tmp_path / "nope.safetensors")
@@ -310,8 +428,20 @@ def test_base_compatibility():
         check_base(sd15, SDXL_UNET)
     with pytest.raises(CheckpointError, match="cross_attention_dim is 1024"):
         check_base(sd15, SD2_UNET)
-    with pytest.raises(CheckpointError, match="2048-wide tokens but this UNet"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"the TSC is an ELLA-SDXL one \(2048-wide tokens and a pooled head\) but this UNet "
+        r"\(cross_attention_dim 768\) takes no pooled embedding: use it with an SDXL base \(backend ella-sdxl\)",
+    ):
         check_base(sdxl, SD15_UNET)
+    with torch.device("meta"):
+        wide = ELLA(output_dim=1024)  # an SD 2.x-width TSC on SD 1.5: no hint about the released one
+    with pytest.raises(CheckpointError) as error:
+        check_base(wide, SD15_UNET)
+    assert str(error.value) == (
+        "the TSC makes 1024-wide tokens but this UNet's cross_attention_dim is 768: use a base whose UNet "
+        "takes 1024, or a TSC trained for this base (ELLA(output_dim=768))"
+    )
     with torch.device("meta"):
         no_pool = ELLA(output_dim=2048)
     with pytest.raises(

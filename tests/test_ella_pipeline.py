@@ -79,6 +79,17 @@ def test_fixed_and_flexible_t5_features(embedder):
     torch.testing.assert_close(flexible.hidden[0], fixed.hidden[0, :length], rtol=0, atol=1e-5)
 
 
+def test_t5_runs_in_fp16_on_gpu_by_default(tiny_t5_dir):
+    """Upstream runs FLAN-T5-XL in fp16; on CPU (no fast half matmuls) the default is float32."""
+    from ella.text_encoder import default_dtype
+
+    assert default_dtype("cuda") == torch.float16 and default_dtype("cuda:1") == torch.float16
+    assert default_dtype("cpu") == torch.float32
+    half = T5TextEmbedder.from_pretrained(tiny_t5_dir, device="cpu", dtype=torch.float16)
+    assert half.model.dtype == torch.float16 and half.encode([PROMPT]).hidden.dtype == torch.float16
+    assert T5TextEmbedder.from_pretrained(tiny_t5_dir, device="cpu").model.dtype == torch.float32
+
+
 def test_proxy_conditions_both_cfg_halves_at_every_step(sd15, embedder):
     proxy = sd15.unet
     assert isinstance(proxy, ELLAProxyUNet)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -96,6 +97,53 @@ def test_loss_goes_down(tiny_sd15_dir, tiny_t5_dir, pairs_dir, tmp_path):
     first, last = sum(r["loss"] for r in log[:10]) / 10, sum(r["loss"] for r in log[-10:]) / 10
     assert last < first - 0.05, (first, last)  # measured 1.133 -> 1.027
     assert (tmp_path / "run" / "checkpoints" / "step-0000020" / "trainer_state.json").exists()
+
+
+def test_only_the_tsc_learns(tiny_sd15_dir, tiny_t5_dir, pairs_dir, tmp_path, monkeypatch):
+    """The paper's recipe: UNet, VAE and T5 frozen (no gradients, bit-identical after training), AdamW with
+    lr 1e-4 and weight decay 0.01 over exactly the TSC's parameters."""
+    import ella.train
+
+    loaded: dict = {}
+    real_frozen, real_embedder = ella.train.load_frozen, ella.train.T5TextEmbedder.from_pretrained
+
+    def keep_frozen(*args, **kwargs):
+        loaded["frozen"] = real_frozen(*args, **kwargs)
+        return loaded["frozen"]
+
+    def keep_embedder(*args, **kwargs):
+        loaded["t5"] = real_embedder(*args, **kwargs)
+        return loaded["t5"]
+
+    monkeypatch.setattr(ella.train, "load_frozen", keep_frozen)
+    monkeypatch.setattr(ella.train.T5TextEmbedder, "from_pretrained", keep_embedder)
+    config = config_for(tiny_sd15_dir, tiny_t5_dir, pairs_dir, tmp_path / "run", max_steps=2)
+    config.learning_rate = TrainConfig.learning_rate  # the paper's defaults, not the tests' faster rate
+    assert (config.learning_rate, config.weight_decay) == (1e-4, 0.01)
+    final = train(config)
+    frozen, t5 = loaded["frozen"], loaded["t5"]
+    pristine = load_frozen(config.base, torch.float32, torch.device("cpu"), False)
+    pristine_t5 = real_embedder(config.text_encoder, max_length=16, device="cpu")
+    for trained, fresh in (
+        (frozen.unet, pristine.unet),
+        (frozen.vae, pristine.vae),
+        (t5.model, pristine_t5.model),
+    ):
+        assert not any(p.requires_grad for p in trained.parameters())
+        assert all(p.grad is None for p in trained.parameters())
+        after, before = trained.state_dict(), fresh.state_dict()
+        assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in after)
+    start = fresh_tsc(config, 32, pristine.unet.config).state_dict()
+    learned = ELLA.from_pretrained(final).state_dict()
+    changed = [k for k in start if not torch.equal(start[k], learned[k])]
+    # Zero-initialised AdaLN layers move too: every TSC tensor learns (the test trains 2 steps).
+    assert len(changed) == len(start) == 37
+    optimizer = torch.load(
+        tmp_path / "run" / "checkpoints" / "step-0000002" / "optimizer.bin", weights_only=True
+    )
+    (group,) = optimizer["param_groups"]
+    assert len(group["params"]) == len(list(ELLA.from_pretrained(final).parameters())) == 37
+    assert (group["lr"], group["weight_decay"], group["decoupled_weight_decay"]) == (1e-4, 0.01, True)
 
 
 def test_resume_is_exact(tiny_sd15_dir, tiny_t5_dir, pairs_dir, tmp_path):
@@ -210,6 +258,41 @@ def test_bad_data_is_one_clear_line(pairs_dir, tmp_path):
         read_pairs(bad)
     with pytest.raises(TrainDataError, match="8 pairs cannot fill one batch of 16 x 1 processes"):
         StepBatches(8, 16, 1, 0, seed=0, start=0, stop=1)
+
+
+def test_bad_options_are_one_clear_line(tiny_sd15_dir, tiny_t5_dir, pairs_dir, tmp_path):
+    def error_of(**changes):
+        with pytest.raises((TrainDataError, ValueError)) as caught:
+            train(
+                dataclasses.replace(
+                    config_for(tiny_sd15_dir, tiny_t5_dir, pairs_dir, tmp_path / "bad"), **changes
+                )
+            )
+        assert "\n" not in str(caught.value)
+        return str(caught.value)
+
+    assert error_of(max_steps=0) == "--max-steps 0: use a whole number of at least 1"
+    assert error_of(checkpoint_every=0) == "--checkpoint-every 0: use a whole number of at least 1"
+    assert error_of(batch_size=0) == "--batch-size 0: use a whole number of at least 1"
+    assert (
+        error_of(resolution=30) == "--resolution 30: use a multiple of 8 (the VAE downsamples 8x), e.g. 512"
+    )
+    assert error_of(learning_rate=0.0) == "--learning-rate 0.0: use a positive rate (paper: 1e-4)"
+    assert error_of(caption_dropout=1.0) == "--caption-dropout 1.0: use a probability in [0, 1)"
+    assert error_of(base=str(tmp_path / "nope")).startswith(
+        f"--base {tmp_path / 'nope'}: cannot load its unet/, vae/ and scheduler/ ("
+    )
+    assert error_of(base=str(tiny_t5_dir)).endswith("give a diffusers SD 1.x / SDXL folder or hub id")
+    assert error_of(text_encoder=str(tmp_path / "nope")).startswith(
+        f"--text-encoder {tmp_path / 'nope'}: cannot read its T5 config ("
+    )
+    # A TSC to continue from whose proj_in does not fit the text encoder: refused before training.
+    ELLA(input_dim=24, **TINY_TSC).save_pretrained(tmp_path / "tsc-24")  # the tiny T5 is 32 wide
+    assert error_of(init_tsc=str(tmp_path / "tsc-24")) == (
+        f"the text encoder {tiny_t5_dir} makes 32-wide features but the TSC takes 24: use the T5 the TSC was "
+        "trained with (google/flan-t5-xl, 2048, for the released ELLA)"
+    )
+    assert not (tmp_path / "bad" / "tsc").exists()
 
 
 def test_batches_are_a_function_of_the_step():

@@ -88,6 +88,7 @@ class EllaSD15Backend(DiffusersBackend):
 
     def _load(self) -> Any:
         from ella import CheckpointError, load_tsc
+        from ella.checkpoint import check_text_width
         from ella.pipeline import attach
         from ella.text_encoder import T5TextEmbedder
 
@@ -121,6 +122,11 @@ class EllaSD15Backend(DiffusersBackend):
                 f"backend '{self.name}': cannot load the T5 encoder {c.text_encoder!r} ({one_line(exc)}); "
                 "download it and pass the folder: --backend-arg text_encoder=DIR"
             ) from exc
+        # 4. Its features must fit the TSC's proj_in: refused now, not as a failure of every image.
+        try:
+            check_text_width(tsc, self.embedder.hidden_size, c.text_encoder)
+        except CheckpointError as exc:
+            raise DpgBenchError(f"backend '{self.name}': {exc}; --backend-arg text_encoder=DIR") from exc
         return pipe
 
     def generate(self, prompt: str, seeds: Sequence[int]) -> list[Image.Image]:

@@ -129,6 +129,12 @@ class LLM4GENBackend(DiffusersBackend):
                 f"backend '{self.name}': cannot load the RankGen encoder {c.llm!r} ({one_line(exc)}); "
                 "download it and pass the folder: --backend-arg llm=DIR"
             ) from exc
+        if self.llm.hidden_size != self.adapter.config["llm_dim"]:
+            raise DpgBenchError(
+                f"backend '{self.name}': the encoder {c.llm!r} makes {self.llm.hidden_size}-wide features but "
+                f"the CAM's llm_proj takes {self.adapter.config['llm_dim']}: use the RankGen-T5-XL the adapter "
+                "was trained with (--backend-arg llm=DIR)"
+            )
         return pipe
 
     def conditioning(self, prompt: str) -> Any:
