@@ -233,6 +233,48 @@ def test_mixed_precision_accumulation_and_checkpointing_options(
         train(config_for(tiny_sd15_dir, tiny_t5_dir, pairs_dir, tmp_path / "x", mixed_precision="fp8"))
 
 
+def test_two_processes_through_accelerate_launch_resume_exactly(
+    tiny_sd15_dir, tiny_t5_dir, pairs_dir, tmp_path
+):
+    """`accelerate launch -m ella.train` with 2 CPU processes (gloo DDP): the main process logs one gathered
+    loss per step and saves once; a 2-process run resumed from its step-1 checkpoint ends bit-identical."""
+    import subprocess
+    import sys
+
+    def launch(out, *extra):
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
+        command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        command += ["-m", "ella.train", "--base", str(tiny_sd15_dir), "--data", str(pairs_dir)]
+        command += ["--output-dir", str(out), "--text-encoder", str(tiny_t5_dir), "--resolution", "32"]
+        command += [f"--{k.replace('_', '-')}={v}" for k, v in TINY_TSC.items()]
+        command += [
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "2",
+            "--checkpoint-every",
+            "1",
+            "--random-flip",
+            "true",
+        ]
+        done = subprocess.run([*command, *extra], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    straight = launch(tmp_path / "straight")
+    assert straight.count("step ") == 2 and straight.strip().endswith(str(tmp_path / "straight" / "tsc"))
+    log = [json.loads(line) for line in (tmp_path / "straight" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2]  # one line per optimizer step, not one per process
+    resumed = launch(
+        tmp_path / "resumed", "--resume", str(tmp_path / "straight" / "checkpoints" / "step-0000001")
+    )
+    assert resumed.count("step ") == 1  # only step 2 is left
+    first, second = weights(tmp_path / "straight" / "tsc"), weights(tmp_path / "resumed" / "tsc")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    one = weights(tmp_path / "straight" / "checkpoints" / "step-0000001" / "tsc")
+    assert not torch.equal(one["connector.latents"], first["connector.latents"])
+
+
 def test_folder_and_jsonl_give_the_same_pairs(pairs_dir, tmp_path):
     from_folder = read_pairs(pairs_dir)
     assert len(from_folder) == 8 and from_folder[0].caption == "a red box on the left"
