@@ -7,6 +7,7 @@ rich progress bar with rate and ETA; rerunning the same command resumes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import traceback
@@ -211,7 +212,8 @@ def run_generate(
     total = len(mine) * config.images_per_prompt
     with progress_bar(f"generate {config.backend}", total, "images") as advance:
         try:
-            summary = generate(paths, config, mine, backend, shard=shard, on_image=advance)
+            skip = functools.partial(advance, skipped=True)  # resumed work: not in the rate or the ETA
+            summary = generate(paths, config, mine, backend, shard=shard, on_image=advance, on_skip=skip)
         finally:
             # API backends know their usage and cost only now; keep it with the run even after an error.
             write_manifest(paths, config, graphs.sha256, [p.item_id for p in chosen], backend.info())
@@ -220,7 +222,7 @@ def run_generate(
         console.print(f"backend usage: {info['usage']}", highlight=False)
     if info.get("prompts_over_token_limit"):
         console.print(
-            f"note: {info['prompts_over_token_limit']} of {len(mine)} prompts are longer than the "
+            f"note: {info['prompts_over_token_limit']} prompt(s) were longer than the "
             f"{info['text_token_limit']} tokens the text encoder takes; the pipeline cut them (as it does "
             "for everyone)",
             highlight=False,

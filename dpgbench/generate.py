@@ -201,8 +201,13 @@ def generate(
     *,
     shard: tuple[int, int] = (0, 1),
     on_image: Callable[[int], None] | None = None,
+    on_skip: Callable[[int], None] | None = None,
 ) -> GenerateSummary:
-    """Make the missing images of `prompts` (already chosen for this shard) and log each one."""
+    """Make the missing images of `prompts` (already chosen for this shard) and log each one.
+
+    on_image(1) follows each image made or failed, on_skip(1) each image already done (default: on_image).
+    """
+    on_skip = on_skip or on_image
     start = time.perf_counter()
     summary = GenerateSummary()
     finished = finished_images(paths)
@@ -219,8 +224,8 @@ def generate(
                 )
                 if ok or (record is not None and record["status"] != "ok" and not config.retry_failed):
                     summary.skipped += 1
-                    if on_image:
-                        on_image(1)
+                    if on_skip:
+                        on_skip(1)
                 else:
                     todo.append(index)
             if todo:

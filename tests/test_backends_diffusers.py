@@ -391,7 +391,7 @@ def test_replay_from_a_manifest_reproduces_every_image(tiny_sd15_dir, tmp_path, 
         tiny_args(tiny_sd15_dir, run, "--seed", "3", "--backend-arg", "negative_prompt=blur"), capsys
     )
     assert code == 0, err
-    assert "note: 4 of 4 prompts are longer than the 77 tokens the text encoder takes" in out
+    assert "note: 4 prompt(s) were longer than the 77 tokens the text encoder takes" in out
     manifest = read_json(run / "manifest.json")
     backend = manifest["backend"]
     # What decides the pixels is recorded.

@@ -856,3 +856,36 @@ def test_run_and_answers_together_are_refused(demo_run: Path, tmp_path: Path, ca
     code, _, err = run(args, capsys)
     assert_one_line_error(code, err, "not both")
     assert not (tmp_path / "o").exists()
+
+
+def test_progress_bar_and_end_summary(tmp_path: Path, capsys):
+    code, out, err = run(
+        ["generate", "--backend", "dummy", "--prompts", "demo", "--out", str(tmp_path / "r")], capsys
+    )
+    assert code == 0
+    bar = next(line for line in err.splitlines() if line.startswith("generate dummy"))
+    assert "48/48" in bar and "images/s" in bar and "ETA" in bar, bar
+    assert "48 image(s) made, 0 already done, 0 failed in" in out
+
+
+def test_rate_and_eta_average_over_the_run_and_leave_out_resumed_work():
+    """Images arrive 4 at a time (one batch), 10 s apart; 40 were already done: 0.4 images/s, not the
+    thousands per second of a sliding window over one burst, and the ETA follows from it."""
+    from rich.progress import Progress
+
+    from dpgbench.terminal import RateColumn, RemainingColumn, average_speed
+
+    now = [0.0]
+    progress = Progress(get_time=lambda: now[0])
+    task_id = progress.add_task("generate", total=100, unit="images", skipped=0)
+    progress.update(task_id, skipped=40)
+    progress.advance(task_id, 40)
+    for _ in range(3):
+        now[0] += 10.0
+        for _ in range(4):
+            progress.advance(task_id, 1)
+            now[0] += 0.001
+    task = progress.tasks[0]
+    assert average_speed(task) == pytest.approx(12 / 30.012)
+    assert RateColumn().render(task).plain == "0.40 images/s"
+    assert RemainingColumn().render(task).plain == "0:02:00"  # 48 left at 0.40 images/s
