@@ -468,13 +468,27 @@ def _parse_value(text: str, hint: Any) -> Any:
 
 def _converter(hint: Any) -> Callable[[str], Any]:
     def convert(text: str) -> Any:
-        return _parse_value(text, hint)
+        try:
+            return _parse_value(text, hint)
+        except ValueError:
+            kinds = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+            kind = {int: "whole number", float: "number"}.get(kinds[0], str(kinds[0]))
+            optional = " or none" if type(None) in typing.get_args(hint) else ""
+            raise argparse.ArgumentTypeError(f"'{text}' is not a {kind}{optional}") from None
 
     return convert
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line naming the flag and where the help is, exit code 1 (not 30 lines of usage)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(1)
+
+
 def parser() -> argparse.ArgumentParser:
-    described = argparse.ArgumentParser(
+    described = _OneLineParser(
         prog="python -m ella.train",
         description="Train an ELLA TSC (frozen UNet, VAE and T5). Several GPUs: accelerate launch -m ella.train ...",
     )

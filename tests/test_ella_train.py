@@ -367,6 +367,20 @@ def test_command_line(tiny_sd15_dir, tiny_t5_dir, pairs_dir, tmp_path, capsys):
     assert parsed.max_length is None and parsed.random_flip is True and parsed.learning_rate == 1e-4
     assert main([*args[:2], "--data", str(tmp_path / "missing"), *args[4:]]) == 1
     assert "error: --data" in capsys.readouterr().err
+    # Usage errors: one line naming the flag (not argparse's page of usage), exit code 1.
+    for bad, message in (
+        (["--max-steps", "abc"], "error: argument --max-steps: 'abc' is not a whole number"),
+        (["--max-length", "x"], "error: argument --max-length: 'x' is not a whole number or none"),
+        (
+            ["--random-flip", "maybe"],
+            "error: argument --random-flip: 'maybe' is not a boolean; use true or false",
+        ),
+        (["--max-stps", "1"], "error: unrecognized arguments: --max-stps 1"),
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            main([*args, *bad])
+        err = capsys.readouterr().err
+        assert stopped.value.code == 1 and err == f"{message} (see python -m ella.train --help)\n", err
     tiny = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_TSC.items()]
     assert main([*args, *tiny, "--resolution", "32", "--batch-size", "8", "--max-steps", "1"]) == 0
     out = capsys.readouterr().out
