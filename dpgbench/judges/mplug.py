@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,8 +308,10 @@ def load_vqa_model(folder: Path, strict: bool) -> tuple[Any, list[str]]:
     not built (half the memory), nothing is printed, and missing weights on the answer path are an error.
     """
     import torch
-    from modelscope.models.multi_modal.mplug import MPlugConfig
-    from modelscope.models.multi_modal.mplug.modeling_mplug import MPlugForVisualQuestionAnswering
+
+    with quiet_upstream_warnings():
+        from modelscope.models.multi_modal.mplug import MPlugConfig
+        from modelscope.models.multi_modal.mplug.modeling_mplug import MPlugForVisualQuestionAnswering
 
     config = MPlugConfig.from_yaml_file(str(folder / MODEL_CONFIG))
     bert_config = folder / config.bert_config
@@ -318,7 +321,13 @@ def load_vqa_model(folder: Path, strict: bool) -> tuple[Any, list[str]]:
         )
     config.model_dir = str(folder)
     config.distill = False
-    model = MPlugForVisualQuestionAnswering(config)
+    with quiet_upstream_warnings():
+        model = MPlugForVisualQuestionAnswering(config)
+    # modelscope's CLIP blocks run through torch.utils.checkpoint even in inference (a training-memory
+    # device): under no_grad that is the same computation with extra calls and torch's deprecation warning.
+    for module in model.modules():
+        if getattr(module, "use_grad_ckp", False):
+            module.use_grad_ckp = False
 
     checkpoint = torch.load(weights_file(folder), map_location="cpu", weights_only=True)
     for wrapper in ("model", "module"):  # the unwrapping modelscope does, in its order
@@ -441,6 +450,21 @@ def install_shared_cross_attention(model: Any) -> list[Any]:
 
 
 # -- small helpers ---------------------------------------------------------------------------------
+
+# Deprecation notices of modelscope's own imports and calls (nothing a user of the judge can act on).
+UPSTREAM_WARNINGS = (
+    r"Importing from timm\.models\.layers is deprecated",
+    r"Calling BertTokenizer\.from_pretrained\(\) with the path to a single file",
+)
+
+
+@contextlib.contextmanager
+def quiet_upstream_warnings() -> Iterator[None]:
+    with warnings.catch_warnings():
+        for message in UPSTREAM_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+        yield
+
 
 
 def pick_device(name: str) -> str:
