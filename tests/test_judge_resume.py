@@ -1,0 +1,88 @@
+"""`dpgbench score` killed with SIGKILL mid-run resumes: the rerun asks only what was not logged, and the
+tables equal those of a run that was never interrupted.
+
+The judge is the dummy one slowed down (answers identical), so the kill lands mid-run without a model;
+the CLI runs in a real subprocess, as a user's job would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dpgbench.judges.dummy import DummyJudge
+
+TESTS = Path(__file__).parent
+
+# Registers the slow judge, then runs the real CLI (its exit code and output are the user's).
+CLI = """
+import sys
+from dpgbench.judges import JUDGES
+from dpgbench.registry import Entry
+JUDGES["slow-dummy"] = Entry("test_judge_resume:SlowDummyJudge", "", "the dummy judge, 20 ms per image")
+from dpgbench.cli import main
+main(sys.argv[1:])
+"""
+
+
+class SlowDummyJudge(DummyJudge):
+    def ask(self, image, questions):
+        time.sleep(0.02)
+        return super().ask(image, questions)
+
+    def info(self):
+        return {**super().info(), "name": "slow-dummy"}
+
+
+def cli(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, "-c", CLI, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(*args: str) -> str:
+    process = cli(*args)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    return out
+
+
+def test_score_resumes_after_sigkill(tmp_path: Path):
+    run = tmp_path / "run"
+    finish("generate", "--backend", "dummy", "--prompts", "demo", "--out", str(run))
+    finish("score", str(run), "--judge", "dummy")  # the uninterrupted reference, in eval/dummy
+    answers = run / "eval" / "slow-dummy" / "answers.jsonl"
+
+    # 1. Kill -9 once a good part (but not all) of the 48 images' answers is on disk.
+    process = cli("score", str(run), "--judge", "slow-dummy", "--images-per-call", "1")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if answers.exists() and answers.read_bytes().count(b"\n") >= 150:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    logged = answers.read_bytes().count(b"\n")  # whole lines only; a torn last one is dropped on resume
+    assert 150 <= logged < 588
+    assert not (run / "eval" / "slow-dummy" / "scores.csv").exists()
+
+    # 2. The same command again: asks only the rest, and scores as if nothing had happened.
+    out = finish("score", str(run), "--judge", "slow-dummy", "--images-per-call", "1")
+    asked, cached = map(int, re.search(r"(\d+) question\(s\) asked, (\d+) from cache", out).groups())
+    assert (asked + cached, cached) == (588, logged)
+    assert answers.read_bytes().count(b"\n") == 588
+    for table in ("scores.csv", "prompt_scores.csv"):
+        killed = (run / "eval" / "slow-dummy" / table).read_bytes()
+        assert killed == (run / "eval" / "dummy" / table).read_bytes()
