@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +85,7 @@ class EvaluateSummary:
     results: dict[str, ProtocolResult] = field(default_factory=dict)
     stats: AnswerStats = field(default_factory=AnswerStats)
     soft: dict[str, Any] = field(default_factory=dict)  # VQAScore-style mean P(yes), when recorded
+    usage: dict[str, Any] = field(default_factory=dict)  # an API judge's requests/tokens/cost, this call
     seconds: float = 0.0
 
 
@@ -205,9 +206,20 @@ def evaluate(
             raise DpgBenchError(
                 f"judge '{config.judge}' gives no P(yes); drop --soft-scores or use hf-vqa/openai-vlm"
             )
-        _ask_all(
-            out, shard, judge, jobs, slots, summary, config.images_per_call, config.soft_scores, on_questions
-        )
+        try:
+            _ask_all(
+                out,
+                shard,
+                judge,
+                jobs,
+                slots,
+                summary,
+                config.images_per_call,
+                config.soft_scores,
+                on_questions,
+            )
+        finally:  # what an API judge spent is kept even when it gave up or was interrupted
+            summary.usage = record_usage(out, shard, judge)
     summary.images = sum(1 for images in slots.values() for image in images if image is not None)
     # 3. Score when nothing is missing (a sharded run: the last rank to finish writes the tables).
     summary.stats = answer_stats(prompts, slots)
@@ -217,7 +229,7 @@ def evaluate(
         write_score_tables(out, summary.results)
         if config.soft_scores:
             summary.soft = soft_scores(out, prompts, records, n_images)
-        write_json(out / "summary.json", _summary_record(summary))
+        write_json(out / "summary.json", _summary_record(summary, out))
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -281,6 +293,34 @@ def _ask_all(
                     on_questions(len(job.questions))
 
 
+def record_usage(out: Path, shard: tuple[int, int], judge: Judge) -> dict[str, Any]:
+    """Append this call's usage of a judge that keeps one (`judge.usage`: requests, tokens, cost_usd)."""
+    usage = getattr(judge, "usage", None)
+    if usage is None:
+        return {}
+    record = asdict(usage) if is_dataclass(usage) and not isinstance(usage, type) else dict(usage)
+    name = "usage.jsonl" if shard[1] == 1 else f"usage.rank{shard[0]}.jsonl"
+    with JsonlLog(out / name) as log:
+        log.append([{**record, "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z")}])
+    return record
+
+
+def usage_totals(out: Path) -> dict[str, Any]:
+    """Sums over every call (resumes and shards) of `usage*.jsonl`; cost_usd is None if any was unknown."""
+    records = read_logs(sorted(out.glob("usage*.jsonl")))
+    if not records:
+        return {}
+    totals: dict[str, Any] = {"calls": len(records)}
+    for record in records:
+        for key, value in record.items():
+            if key == "cost_usd":
+                known = totals.get(key, 0.0)
+                totals[key] = None if value is None or known is None else known + value
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                totals[key] = totals.get(key, 0) + value
+    return totals
+
+
 def soft_scores(
     out: Path, prompts: Sequence[Prompt], records: dict[tuple[str, int], dict[str, Any]], n_images: int
 ) -> dict[str, Any]:
@@ -309,9 +349,10 @@ def soft_scores(
     return {"overall": overall, "n": len(per_prompt), "images_left_out": left_out, "prompts": per_prompt}
 
 
-def _summary_record(summary: EvaluateSummary) -> dict[str, Any]:
+def _summary_record(summary: EvaluateSummary, out: Path) -> dict[str, Any]:
     return {
         "soft_score": summary.soft,
+        "judge_usage": usage_totals(out),
         "images_judged": summary.images,
         "problems": [asdict(p) for p in summary.problems],
         "not_in_questions": summary.not_in_questions,

@@ -194,6 +194,20 @@ def test_gives_up_with_one_clear_line(server):
     assert sum(1 for body in server.bodies if "[503!]" in body["messages"][0]["content"][1]["text"]) == 3
 
 
+def test_first_failure_stops_the_other_questions(server):
+    """An API that is down fails the call after one question's retries, not after every question's."""
+    judge = make(server, max_retries=2, backoff=0.3, concurrency=2)
+    questions = [f"[503!] red? ({k})" for k in range(20)]
+    start = time.perf_counter()
+    with pytest.raises(DpgBenchError, match="gave up after 3 attempts"):
+        judge.ask(swatch("red"), questions)
+    # Two workers: the first two questions fail, wait ~0.3 s and ~0.6 s, fail again and the first to reach
+    # its limit ends the call; the 18 queued questions are never sent and the other worker's wait is cut.
+    assert len(server.bodies) <= 6
+    assert time.perf_counter() - start < 3.0  # each of 20 questions to its limit: >= 10 x 0.9 s
+    assert judge.usage.requests == len(server.bodies)
+
+
 def test_auth_error_names_the_key_variable(server):
     judge = make(server)
     with pytest.raises(
@@ -246,3 +260,66 @@ def test_registry_builds_it(server):
     )
     assert judge.ask(swatch("blue"), ["blue?"]) == ["yes"]
     json.dumps(judge.info())
+
+
+def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from dpgbench.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_score_through_the_cli_records_retries_and_cost(server, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert (
+        cli(["generate", "--backend", "dummy", "--prompts", "demo", "--limit", "2", "--out", run], capsys)[0]
+        == 0
+    )
+    options = [f"base_url={server.url}", "api_key_env=DPGBENCH_TEST_KEY", "backoff=0.01"]
+    # every question is refused once with 429 (Retry-After: 0), then answered
+    flaky = options + ["prompt={question} [429] Answer with yes or no."]
+    args = ["score", run, "--judge", "openai-vlm", *[x for o in flaky for x in ("--judge-arg", o)]]
+    code, out, err = cli(args, capsys)
+    assert code == 0, err
+    answers = [json.loads(line) for line in (run / "eval" / "openai-vlm" / "answers.jsonl").open()]
+    texts = [b["messages"][0]["content"][1]["text"] for b in server.bodies]
+    n = len(answers)
+    # The first two demo prompts: 12 and 14 distinct questions, 4 images each. The server refuses each
+    # question text once (its first image), so 26 retries; it bills 100 + len(prompt) input tokens.
+    distinct = set(texts)
+    assert (n, len(distinct), len(texts)) == (4 * (12 + 14), 26, 4 * 26 + 26)
+    summary = json.loads((run / "eval" / "openai-vlm" / "summary.json").read_text())
+    usage = summary["judge_usage"]
+    tokens_in = 4 * sum(100 + len(t) for t in distinct)
+    assert (usage["calls"], usage["questions"], usage["requests"], usage["retries"]) == (1, n, n + 26, 26)
+    assert (usage["input_tokens"], usage["output_tokens"]) == (tokens_in, n)
+    assert usage["cost_usd"] == pytest.approx((tokens_in * 2.50 + n * 10.00) / 1e6)
+    # resumed: nothing asked, the judge not even built, the totals unchanged
+    code, out, err = cli(args, capsys)
+    assert code == 0 and f"0 question(s) asked, {n} from cache" in out
+    assert json.loads((run / "eval" / "openai-vlm" / "summary.json").read_text())["judge_usage"] == usage
+
+    # an API that stays down: one line, exit 1, and what it spent is on record
+    down = options + ["prompt={question} [503!] Answer with yes or no.", "max_retries=1"]
+    args = [
+        "score",
+        run,
+        "--judge",
+        "openai-vlm",
+        "--label",
+        "down",
+        *[x for o in down for x in ("--judge-arg", o)],
+    ]
+    before = len(server.bodies)
+    code, out, err = cli(args, capsys)
+    assert code == 1 and "gave up after 2 attempts" in err and "run the same command again to resume" in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # (the bar is on stderr too)
+    assert "Traceback" not in err and len(errors) == 1, err
+    spent = [json.loads(line) for line in (run / "eval" / "down" / "usage.jsonl").open()]
+    assert len(spent) == 1 and spent[0]["requests"] == len(server.bodies) - before <= 2 * 4
+    assert spent[0]["questions"] == 0 and spent[0]["cost_usd"] == 0.0

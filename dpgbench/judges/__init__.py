@@ -27,6 +27,8 @@ class Judge(Protocol):
 
 # A judge may also offer `ask_batch(images, questions_per_image) -> list[list[str]]` to answer several
 # images in one forward pass; evaluate.py uses it when present and falls back to `ask` otherwise.
+# A judge that pays per request (openai-vlm) keeps a `usage` dataclass (requests, retries, tokens, cost_usd):
+# evaluate.py appends it to eval/<judge>/usage.jsonl after each call and sums it into summary.json.
 
 
 JUDGES: dict[str, Entry] = {

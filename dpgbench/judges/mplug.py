@@ -466,7 +466,6 @@ def quiet_upstream_warnings() -> Iterator[None]:
         yield
 
 
-
 def pick_device(name: str) -> str:
     import torch
 

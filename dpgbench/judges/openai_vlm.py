@@ -12,9 +12,8 @@ import io
 import math
 import os
 import threading
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
@@ -148,9 +147,25 @@ class OpenAIVlmJudge:
         # 1. Each image encoded once, as a PNG data URL (lossless: the judge sees the pixels we scored).
         urls = [png_data_url(image) for image in images]
         jobs = [(i, q) for i, questions in enumerate(questions_per_image) for q in questions]
-        # 2. All questions of all images through one pool, `concurrency` requests in flight.
-        with ThreadPoolExecutor(max_workers=max(1, min(self.config.concurrency, len(jobs)))) as pool:
-            flat = list(pool.map(lambda job: self._one_question(urls[job[0]], job[1], with_scores), jobs))
+        if not jobs:
+            return [[] for _ in questions_per_image]
+        # 2. All questions of all images through one pool, `concurrency` requests in flight. The first
+        #    error that ends the call (gave up, auth, Ctrl-C) stops the rest at once: queued questions are
+        #    not sent and workers waiting to retry wake up, instead of each retrying to its own limit.
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.config.concurrency, len(jobs))))
+        try:
+            futures = [pool.submit(self._stopping, stop, urls[i], q, with_scores) for i, q in jobs]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            errors = [e for f in futures if f in done and (e := f.exception()) is not None]
+            for error in sorted(errors, key=lambda e: isinstance(e, Stopped)):  # the cause, not a Stopped
+                raise error
+            flat = [f.result() for f in futures]
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         # 3. Back to one list per image, in the order asked.
         out: list[list[tuple[str, float]]] = []
         for questions in questions_per_image:
@@ -158,12 +173,29 @@ class OpenAIVlmJudge:
             flat = flat[len(questions) :]
         return out
 
-    def _one_question(self, url: str, question: str, with_scores: bool) -> tuple[str, float]:
+    def _stopping(
+        self, stop: threading.Event, url: str, question: str, with_scores: bool
+    ) -> tuple[str, float]:
+        """`_one_question` in a worker: a failure sets `stop` before the worker can take the next question."""
+        try:
+            return self._one_question(url, question, with_scores, stop)
+        except Stopped:
+            raise
+        except BaseException:
+            stop.set()
+            raise
+
+    def _one_question(
+        self, url: str, question: str, with_scores: bool, stop: threading.Event | None = None
+    ) -> tuple[str, float]:
         import openai
 
         c = self.config
+        stop = stop or threading.Event()
         attempt = 0
         while True:
+            if stop.is_set():
+                raise Stopped()
             self._count(requests=1)
             try:
                 response = self.client.chat.completions.create(**self._request(url, question, with_scores))
@@ -184,13 +216,13 @@ class OpenAIVlmJudge:
                     raise DpgBenchError(
                         f"judge 'openai-vlm': the account is out of quota ({error_message(exc)}); add credit or use another key"
                     ) from None
-                attempt = self._retry_or_give_up(attempt, exc)
+                attempt = self._retry_or_give_up(attempt, exc, stop)
             except openai.APIStatusError as exc:  # other statuses the client has no class for
                 if exc.status_code < 500:
                     raise DpgBenchError(
                         f"judge 'openai-vlm': API error {exc.status_code}: {error_message(exc)}"
                     ) from None
-                attempt = self._retry_or_give_up(attempt, exc)
+                attempt = self._retry_or_give_up(attempt, exc, stop)
         choice = response.choices[0]
         self._count(questions=1, usage=getattr(response, "usage", None))
         answer = (choice.message.content or "").strip()
@@ -219,7 +251,7 @@ class OpenAIVlmJudge:
             request["top_logprobs"] = 5
         return request
 
-    def _retry_or_give_up(self, attempt: int, exc: Any) -> int:
+    def _retry_or_give_up(self, attempt: int, exc: Any, stop: threading.Event) -> int:
         c = self.config
         if attempt >= c.max_retries:
             raise DpgBenchError(
@@ -227,7 +259,8 @@ class OpenAIVlmJudge:
                 "answers so far are cached, run the same command again to resume"
             ) from None
         self._count(retries=1)
-        time.sleep(backoff_wait(attempt, exc, self.config.backoff, self.config.max_backoff))
+        if stop.wait(backoff_wait(attempt, exc, self.config.backoff, self.config.max_backoff)):
+            raise Stopped()  # another question ended the call while this one waited
         return attempt + 1
 
     def _prices(self) -> tuple[float, float] | None:
@@ -252,6 +285,10 @@ class OpenAIVlmJudge:
                     u.cost_usd = None
                 else:
                     u.cost_usd += (tokens_in * prices[0] + tokens_out * prices[1]) / 1e6
+
+
+class Stopped(Exception):
+    """A question abandoned because another question of the same call failed for good."""
 
 
 def png_data_url(image: Image.Image) -> str:
