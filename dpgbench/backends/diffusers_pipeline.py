@@ -136,7 +136,7 @@ class DiffusersBackend:
         from diffusers import DiffusionPipeline
 
         try:
-            with quiet_libraries():
+            with quiet_libraries(warnings=True):  # e.g. unused weights in a local folder stay visible
                 pipe = DiffusionPipeline.from_pretrained(
                     self.folder, torch_dtype=self.dtype, variant=self.config.variant, **self.load_kwargs()
                 )
@@ -347,9 +347,10 @@ def parse_json_object(text: str, key: str) -> dict[str, Any]:
 
 
 @contextmanager
-def quiet_libraries() -> Iterator[None]:
-    """diffusers/transformers warnings and their loading bars off for a call (the CLI draws its own bar;
-    prompt truncation is counted in info() instead of warned once per prompt). Errors still raise."""
+def quiet_libraries(warnings: bool = False) -> Iterator[None]:
+    """diffusers/transformers loading bars off for a call (the CLI draws its own bar), and unless
+    `warnings`, their warnings too (prompt truncation is counted in info() instead of warned once per
+    prompt; hub lookups end in our own error). Errors still raise."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -357,7 +358,8 @@ def quiet_libraries() -> Iterator[None]:
     levels = [logger.level for logger in loggers]
     bars = [(m, m.is_progress_bar_enabled()) for m in (diffusers_logging, transformers_logging)]
     for logger in loggers:
-        logger.setLevel(logging.ERROR)
+        if not warnings:
+            logger.setLevel(logging.ERROR)
     for module, _ in bars:
         module.disable_progress_bar()
     try:
