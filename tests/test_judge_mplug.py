@@ -267,3 +267,74 @@ def test_shared_cross_attention_equals_modelscope_attention(judges, rows):
         finally:
             wrapper.fill(None)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_dtype_is_fp16_on_gpu_fp32_on_cpu():
+    from dpgbench.judges.mplug import pick_dtype
+
+    assert pick_dtype("auto", torch.device("cuda", 0)) == torch.float16  # no GPU needed to decide
+    assert pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert pick_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(DpgBenchError, match="dtype=half: choose one of auto, fp32, fp16, bf16"):
+        pick_dtype("half", torch.device("cpu"))
+
+
+def cli(args: list, capsys) -> tuple[int, str, str]:
+    from dpgbench.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_score_cli_on_official_grids_batched_and_with_bad_files(tiny_mplug_dirs, tmp_path, capsys):
+    """Official-layout grids through import-folder, scored by mplug-large: 4 images per call answer as 1 per
+    call, and each bad grid is reported with its reason and scored 0 in strict."""
+    run, grids, imported = tmp_path / "run", tmp_path / "grids", tmp_path / "imported"
+    assert (
+        cli(["generate", "--backend", "dummy", "--prompts", "demo", "--limit", "5", "--out", run], capsys)[0]
+        == 0
+    )
+    assert cli(["export-grids", run, "--out", grids], capsys)[0] == 0
+    names = sorted(p.name for p in grids.iterdir())
+    truncated, resized, deleted = names[:3]
+    (grids / truncated).write_bytes((grids / truncated).read_bytes()[:300])
+    Image.open(grids / resized).resize((100, 100)).save(grids / resized)
+    (grids / deleted).unlink()
+    (grids / "notes.txt").write_text("not an image")
+    code, out, err = cli(
+        ["import-folder", grids, "--out", imported, "--prompts", "demo", "--grid-tile", "64"], capsys
+    )
+    assert code == 0, err
+    assert f"{truncated}: corrupt image: image file is truncated" in err
+    assert f"{resized}: grid is 100x100, expected 128x128 for tile 64" in err
+    # the demo has 12 prompts: 3 with bad grids and 7 never generated (--limit 5) have no images
+    assert "notes.txt: extra file: not an image" in err and "40 image(s) missing" in out
+
+    judge = ["--judge", "mplug-large", "--judge-arg", f"model={tiny_mplug_dirs['free']}"]
+    code, out, err = cli(["score", imported, *judge, "--images-per-call", "4"], capsys)
+    assert code == 0, err
+    assert "strict: 40 missing image(s) scored 0" in out
+    listed = [line for line in err.splitlines() if line.startswith("image problem ")]
+    assert len(listed) == 10 and "40 image problems in all" in err
+    summary = json.loads((imported / "eval" / "mplug-large" / "summary.json").read_text())
+    assert len(summary["problems"]) == 40 and len(summary["protocols"]["strict"]["missing_images"]) == 40
+    reasons = {p["item_id"]: p["reason"] for p in summary["problems"]}
+    for bad in (truncated, resized, deleted):  # the import's reason, carried into the score's report
+        assert reasons[bad[:-4]].startswith("generation failed: "), reasons
+    code, out, err = cli(["score", imported, *judge, "--images-per-call", "1", "--label", "one"], capsys)
+    assert code == 0, err
+
+    def answers(folder: str) -> dict:
+        with open(imported / "eval" / folder / "answers.jsonl") as f:
+            return {(r["image"], r["question"]): r["answer"] for r in map(json.loads, f)}
+
+    batched, single = answers("mplug-large"), answers("one")
+    assert batched == single and len(batched) == 88  # 4 good images each of 2 prompts (11 questions each)
+    assert (imported / "eval" / "mplug-large" / "scores.csv").read_bytes() == (
+        imported / "eval" / "one" / "scores.csv"
+    ).read_bytes()
