@@ -171,6 +171,7 @@ def evaluate(
     cache = cached_answers(out)
     slots: dict[str, list[ImageAnswers | None]] = {}
     jobs: list[_Job] = []
+    others: list[_Job] = []  # images of other shards with answers still missing when this call began
     # 1. Find each image, read it, split its questions into cached and to-ask.
     for number, prompt in enumerate(prompts):
         slots[prompt.item_id] = []
@@ -196,8 +197,9 @@ def evaluate(
             summary.cached += len(known)
             slots[prompt.item_id].append(known)
             missing = [t for t in texts if t not in known]
-            if missing and number % shard[1] == shard[0]:
-                jobs.append(_Job(prompt, index, paths.root / file, file, sha, missing))
+            if missing:
+                job = _Job(prompt, index, paths.root / file, file, sha, missing)
+                (jobs if number % shard[1] == shard[0] else others).append(job)
     # 2. Ask the judge, a few images per call when it can batch, logging answers as they come.
     if plan_only or judge is None:
         summary.asked = sum(len(j.questions) for j in jobs)
@@ -220,6 +222,8 @@ def evaluate(
             )
         finally:  # what an API judge spent is kept even when it gave up or was interrupted
             summary.usage = record_usage(out, shard, judge)
+    if others and not plan_only:
+        _collect_other_shards(out, others, slots, summary)
     summary.images = sum(1 for images in slots.values() for image in images if image is not None)
     # 3. Score when nothing is missing (a sharded run: the last rank to finish writes the tables).
     summary.stats = answer_stats(prompts, slots)
@@ -291,6 +295,28 @@ def _ask_all(
                 summary.asked += len(job.questions)
                 if on_questions:
                     on_questions(len(job.questions))
+
+
+def _collect_other_shards(
+    out: Path, others: Sequence[_Job], slots: dict[str, list[ImageAnswers | None]], summary: EvaluateSummary
+) -> None:
+    """Answers other shards logged while this one worked, so whichever shard ends last writes the tables.
+
+    An image still unanswered is decoded: if it is unreadable its shard reported it and logged nothing, so
+    it is this call's problem too (else a run with one broken image would never be complete).
+    """
+    fresh = cached_answers(out)
+    for job in others:
+        known = slots[job.prompt.item_id][job.index]
+        got = {t: fresh[(job.sha256, t)] for t in job.questions if (job.sha256, t) in fresh}
+        if len(got) < len(job.questions):
+            try:
+                load_image(job.path)
+            except ValueError as exc:
+                summary.problems.append(ImageProblem(job.prompt.item_id, job.index, job.file, str(exc)))
+                slots[job.prompt.item_id][job.index] = None
+                continue
+        slots[job.prompt.item_id][job.index] = {**(known or {}), **got}
 
 
 def record_usage(out: Path, shard: tuple[int, int], judge: Judge) -> dict[str, Any]:

@@ -279,6 +279,18 @@ def test_auto_dtype_is_fp16_on_gpu_fp32_on_cpu():
         pick_dtype("half", torch.device("cpu"))
 
 
+def test_auto_device_follows_the_launchers_local_rank(monkeypatch):
+    from dpgbench.judges.mplug import pick_device
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    if not torch.cuda.is_available():
+        assert pick_device("auto") == "cpu"
+        with pytest.raises(DpgBenchError, match="device=cuda:1: no CUDA device is visible; use device=cpu"):
+            pick_device("cuda:1")
+    else:  # rank 1 of torchrun / accelerate launch: the second GPU (wrapping round when there is one)
+        assert pick_device("auto") == f"cuda:{1 % torch.cuda.device_count()}"
+
+
 def cli(args: list, capsys) -> tuple[int, str, str]:
     from dpgbench.cli import main
 
@@ -338,3 +350,31 @@ def test_score_cli_on_official_grids_batched_and_with_bad_files(tiny_mplug_dirs,
     assert (imported / "eval" / "mplug-large" / "scores.csv").read_bytes() == (
         imported / "eval" / "one" / "scores.csv"
     ).read_bytes()
+
+
+def test_torchrun_ranks_share_the_judging(tiny_mplug_dirs, tmp_path, capsys):
+    """`torchrun --nproc-per-node 2 -m dpgbench.cli score ...`: each rank judges every other prompt into its
+    own log, and the tables equal a single process's."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    assert (
+        cli(["generate", "--backend", "dummy", "--prompts", "demo", "--limit", "4", "--out", run], capsys)[0]
+        == 0
+    )
+    judge = ["--judge", "mplug-large", "--judge-arg", f"model={tiny_mplug_dirs['yesno']}"]
+    assert cli(["score", run, *judge, "--label", "single"], capsys)[0] == 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += ["-m", "dpgbench.cli", "score", str(run), *judge]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    folder = run / "eval" / "mplug-large"
+    logs = [[json.loads(line) for line in (folder / f"answers.rank{k}.jsonl").open()] for k in (0, 1)]
+    assert [len({r["item_id"] for r in log}) for log in logs] == [2, 2]  # every other prompt
+    with open(run / "eval" / "single" / "answers.jsonl") as f:
+        single = {(r["image"], r["question"]): r["answer"] for r in map(json.loads, f)}
+    assert {(r["image"], r["question"]): r["answer"] for log in logs for r in log} == single
+    # whichever rank finished last found every answer in and wrote the tables
+    assert done.stdout.count("DPG-Bench score") >= 1
+    assert (folder / "scores.csv").read_bytes() == (run / "eval" / "single" / "scores.csv").read_bytes()

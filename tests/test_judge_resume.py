@@ -86,3 +86,59 @@ def test_score_resumes_after_sigkill(tmp_path: Path):
     for table in ("scores.csv", "prompt_scores.csv"):
         killed = (run / "eval" / "slow-dummy" / table).read_bytes()
         assert killed == (run / "eval" / "dummy" / table).read_bytes()
+
+
+# -- shards running side by side (as torchrun's ranks do) --------------------------------------------
+
+
+def sharded(run: Path, judge, index: int):
+    from dpgbench.catalog import resolve
+    from dpgbench.evaluate import EvaluateConfig, evaluate
+    from dpgbench.runs import RunPaths
+
+    config = EvaluateConfig("dummy", {}, "demo", images_per_call=1)
+    return evaluate(RunPaths(run), config, resolve("demo"), judge, shard=(index, 2))
+
+
+class RunsTheOtherShardMidway(DummyJudge):
+    """Rank 0's judge: after its first image, rank 1 runs from start to end (it sees rank 0's log half full)."""
+
+    def __init__(self, run: Path) -> None:
+        from dpgbench.judges.dummy import DummyJudgeConfig
+
+        super().__init__(DummyJudgeConfig())
+        self.run, self.other = run, None
+
+    def ask(self, image, questions):
+        if self.other is None:
+            self.other = sharded(self.run, DummyJudge(self.config), 1)
+        return super().ask(image, questions)
+
+
+def test_the_shard_that_ends_last_writes_the_tables(tmp_path: Path):
+    run = tmp_path / "run"
+    finish("generate", "--backend", "dummy", "--prompts", "demo", "--out", str(run))
+    finish("score", str(run), "--judge", "dummy", "--label", "single")
+    judge = RunsTheOtherShardMidway(run)
+    first = sharded(run, judge, 0)
+    assert not judge.other.complete  # began after rank 0, ended before it
+    assert first.complete and first.asked + judge.other.asked == 588
+    tables = run / "eval" / "dummy" / "scores.csv"
+    assert tables.read_bytes() == (run / "eval" / "single" / "scores.csv").read_bytes()
+
+
+def test_an_image_broken_in_another_shard_does_not_block_the_tables(tmp_path: Path):
+    from dpgbench.judges.dummy import DummyJudgeConfig
+
+    run = tmp_path / "run"
+    finish("generate", "--backend", "dummy", "--prompts", "demo", "--out", str(run))
+    broken = run / "images" / "demo_kitchen_2.png"  # prompt 1 of the demo: shard 1 of 2
+    broken.write_bytes(broken.read_bytes()[:200])
+    one = sharded(run, DummyJudge(DummyJudgeConfig()), 1)
+    assert [p.file for p in one.problems] == ["images/demo_kitchen_2.png"] and not one.complete
+    zero = sharded(run, DummyJudge(DummyJudgeConfig()), 0)
+    assert zero.complete, zero.stats
+    assert [(p.file, p.reason) for p in zero.problems] == [
+        ("images/demo_kitchen_2.png", "unreadable image (image file is truncated)")
+    ]
+    assert zero.results["strict"].missing_images == [("demo_kitchen", 2)]

@@ -34,7 +34,10 @@ class HfVqaJudgeConfig:
     )
     max_new_tokens: int = field(default=10, metadata={"help": "longest answer, in tokens (greedy decoding)"})
     batch_size: int = field(default=16, metadata={"help": "questions of one image per forward pass"})
-    device: str = field(default="auto", metadata={"help": "cuda, cuda:N, cpu, or auto (cuda when available)"})
+    device: str = field(
+        default="auto",
+        metadata={"help": "cuda, cuda:N, cpu, or auto (cuda:$LOCAL_RANK when a GPU is present)"},
+    )
     dtype: str = field(
         default="auto", metadata={"help": "fp32, fp16, bf16, or auto (fp16 on GPU, fp32 on CPU)"}
     )

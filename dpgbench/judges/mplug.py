@@ -52,7 +52,10 @@ class MplugJudgeConfig:
     revision: str | None = field(default=None, metadata={"help": "modelscope revision; default: master"})
     cache_dir: str | None = field(default=None, metadata={"help": "modelscope cache folder; default: theirs"})
     offline: bool = field(default=False, metadata={"help": "never download; fail if the model is not cached"})
-    device: str = field(default="auto", metadata={"help": "cuda, cuda:N, cpu, or auto (cuda when available)"})
+    device: str = field(
+        default="auto",
+        metadata={"help": "cuda, cuda:N, cpu, or auto (cuda:$LOCAL_RANK when a GPU is present)"},
+    )
     dtype: str = field(
         default="auto",
         metadata={"help": "fp32, fp16, bf16, or auto (fp16 on GPU, fp32 on CPU; fp32 = official)"},
@@ -467,10 +470,15 @@ def quiet_upstream_warnings() -> Iterator[None]:
 
 
 def pick_device(name: str) -> str:
+    """auto: cpu without a GPU; else cuda:$LOCAL_RANK, so each rank of torchrun / accelerate launch takes its own."""
+    import os
+
     import torch
 
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise DpgBenchError(f"judge option device={name}: no CUDA device is visible; use device=cpu")
     return name
