@@ -318,3 +318,50 @@ def test_registry_info_and_errors(folders, tmp_path):
     assert math.isnan(built.yes_probability(None, 1)[0])
     with pytest.raises(DpgBenchError, match="cannot load it .offline=true"):
         judge(tmp_path / "nothing-here")
+
+
+# -- through the CLI -------------------------------------------------------------------------------
+
+
+def test_score_cli_with_soft_scores(folders, tmp_path, capsys):
+    """`dpgbench score --judge hf-vqa --soft-scores` on a run: P(yes) logged per answer equals the judge's,
+    and summary.json's soft score is their mean (a VQAScore-style score) next to the yes/no protocols."""
+    from dpgbench.cli import main
+
+    def cli(*args) -> tuple[int, str, str]:
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    run = tmp_path / "run"
+    assert cli("generate", "--backend", "dummy", "--prompts", "demo", "--limit", "2", "--out", run)[0] == 0
+    options = ["--judge-arg", f"model={folders['qwen2_vl']}", "--judge-arg", "offline=true"]
+    code, out, err = cli("score", run, "--judge", "hf-vqa", *options, "--soft-scores")
+    assert code == 0, err
+    assert "soft score (mean P(yes), no dependencies)" in out
+    with open(run / "eval" / "hf-vqa" / "answers.jsonl") as f:
+        logged = [json.loads(line) for line in f]
+    assert len(logged) == 4 * (12 + 14)  # the first two demo prompts' distinct questions, 4 images each
+    ours = judge(folders["qwen2_vl"])
+    record = logged[0]
+    from dpgbench.evaluate import load_image
+
+    image = load_image(run / "images" / f"{record['item_id']}_{record['index']}.png")
+    same_image = [r for r in logged if (r["item_id"], r["index"]) == (record["item_id"], record["index"])]
+    expected = ours.ask_with_scores(image, [r["question"] for r in same_image])
+    assert [(r["answer"], r["p_yes"]) for r in same_image] == [
+        (a, pytest.approx(p, abs=1e-6)) for a, p in expected
+    ]
+    soft = json.loads((run / "eval" / "hf-vqa" / "summary.json").read_text())["soft_score"]
+    assert soft["n"] == 2 and soft["images_left_out"] == 0
+    per_prompt = {}
+    for r in logged:
+        per_prompt.setdefault(r["item_id"], {}).setdefault(r["index"], []).append(r["p_yes"])
+    means = [
+        sum(sum(v) / len(v) for v in images.values()) / len(images) * 100 for images in per_prompt.values()
+    ]
+    assert soft["overall"] == pytest.approx(sum(means) / len(means))
