@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +207,35 @@ def test_model_id_resolves_from_cache_offline_under_either_org(tiny_mplug_dirs, 
     assert judge.ask(images()[0], ["is there a cat?"]) == ["yes"]
 
 
+NETWORK: list[tuple[str, object]] | None = None  # socket calls seen while a test sets it to a list
+AUDITING: list[bool] = []
+
+
+def _audit(event: str, args: tuple) -> None:
+    if NETWORK is not None and event in ("socket.connect", "socket.getaddrinfo"):
+        NETWORK.append((event, args[1] if len(args) > 1 else None))
+
+
+@pytest.mark.parametrize("layout", ["models/damo/{name}", "damo/{name}", "hub/damo/{name}"])
+def test_cached_model_never_touches_the_network(tiny_mplug_dirs, tmp_path, layout):
+    """A cache made by modelscope < 1.38 (its older layouts, under the old org name), asked for by the
+    new org name without offline=true: found on disk, and not one socket is opened (no version check)."""
+    global NETWORK
+    name = DEFAULT_MODEL.split("/")[1]
+    shutil.copytree(tiny_mplug_dirs["yes"], tmp_path / layout.format(name=name))
+    if not AUDITING:
+        sys.addaudithook(_audit)  # hooks cannot be removed; this one records only while NETWORK is a list
+        AUDITING.append(True)
+    NETWORK = []
+    try:
+        judge = MplugJudge(MplugJudgeConfig(model=f"iic/{name}", cache_dir=str(tmp_path)))
+        assert judge.ask(images()[0], ["is there a cat?"]) == ["yes"]
+        assert NETWORK == []
+    finally:
+        NETWORK = None
+    assert judge.folder == tmp_path / layout.format(name=name)
+
+
 def test_missing_model_offline_is_one_clear_error(tmp_path):
     with pytest.raises(
         DpgBenchError, match=r"not in the modelscope cache and offline=true: run `modelscope download"
@@ -356,7 +386,6 @@ def test_torchrun_ranks_share_the_judging(tiny_mplug_dirs, tmp_path, capsys):
     """`torchrun --nproc-per-node 2 -m dpgbench.cli score ...`: each rank judges every other prompt into its
     own log, and the tables equal a single process's."""
     import subprocess
-    import sys
 
     run = tmp_path / "run"
     assert (
