@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from dpgbench.answers import write_score_tables
 from dpgbench.data import GraphSet, Prompt
@@ -113,6 +113,9 @@ def load_image(path: Path, data: bytes | None = None) -> Image.Image:
         data = path.read_bytes() if data is None else data
     except FileNotFoundError:
         raise ValueError("file is missing") from None
+    # A truncated file must fail even where a library has set Pillow's process-wide leniency (modelscope's
+    # OFA preprocessors, imported with its VQA pipeline, do): otherwise it is judged half grey.
+    lenient, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
@@ -120,6 +123,8 @@ def load_image(path: Path, data: bytes | None = None) -> Image.Image:
         raise ValueError("unreadable image (not an image format Pillow can read)") from None
     except (OSError, SyntaxError) as exc:
         raise ValueError(f"unreadable image ({' '.join(str(exc).split())})") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
     return image.convert("RGB")
 
 

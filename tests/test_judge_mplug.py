@@ -128,8 +128,19 @@ def test_answers_equal_modelscope_model_path(tiny_mplug_dirs, judges, name):
         assert judge.ask(image, QUESTIONS) == expected
 
 
+@pytest.fixture()
+def pil_state():
+    """modelscope's OFA preprocessors (imported with the VQA pipeline) set Pillow's global
+    LOAD_TRUNCATED_IMAGES = True; restore it so later tests still see truncated files fail."""
+    from PIL import ImageFile
+
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    yield
+    ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
 @pytest.mark.parametrize("name", ["free", "yesno"])
-def test_answers_equal_real_modelscope_pipeline(tiny_mplug_dirs, judges, name):
+def test_answers_equal_real_modelscope_pipeline(tiny_mplug_dirs, judges, name, pil_state):
     pipeline, tasks = real_pipeline()
     with contextlib.redirect_stdout(io.StringIO()):
         vqa = pipeline(tasks.visual_question_answering, model=str(tiny_mplug_dirs[name]), device="cpu")

@@ -142,3 +142,20 @@ def test_an_image_broken_in_another_shard_does_not_block_the_tables(tmp_path: Pa
         ("images/demo_kitchen_2.png", "unreadable image (image file is truncated)")
     ]
     assert zero.results["strict"].missing_images == [("demo_kitchen", 2)]
+
+
+def test_truncated_image_fails_even_where_pillow_was_made_lenient(tmp_path: Path, monkeypatch):
+    import numpy as np
+    import pytest
+    from PIL import Image, ImageFile
+
+    from dpgbench.evaluate import load_image
+
+    path = tmp_path / "cut.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # as modelscope's OFA code leaves it
+    assert Image.open(path).load() is not None  # Pillow itself now accepts the file
+    with pytest.raises(ValueError, match="unreadable image"):
+        load_image(path)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is left as it was
