@@ -24,7 +24,7 @@ CLI = """
 import sys
 from dpgbench.judges import JUDGES
 from dpgbench.registry import Entry
-JUDGES["slow-dummy"] = Entry("test_judge_resume:SlowDummyJudge", "", "the dummy judge, 20 ms per image")
+JUDGES["slow-dummy"] = Entry("test_judge_resume:SlowDummyJudge", "", "the dummy judge, 50 ms per image")
 from dpgbench.cli import main
 main(sys.argv[1:])
 """
@@ -32,7 +32,7 @@ main(sys.argv[1:])
 
 class SlowDummyJudge(DummyJudge):
     def ask(self, image, questions):
-        time.sleep(0.02)
+        time.sleep(0.05)
         return super().ask(image, questions)
 
     def info(self):
