@@ -347,6 +347,8 @@ def report_evaluation(paths: RunPaths, judge: str, summary: EvaluateSummary) -> 
         console.print("[yellow]not all answers are in yet[/] (other shards still running?); rerun to finish")
         return
     print_scores(summary.results)
+    if summary.usage:
+        console.print(f"judge usage (this call): {describe_usage(summary.usage)}", highlight=False)
     if summary.soft:
         console.print(
             f"soft score (mean P(yes), no dependencies): {fmt(summary.soft['overall'])} over {summary.soft['n']} "
@@ -354,6 +356,17 @@ def report_evaluation(paths: RunPaths, judge: str, summary: EvaluateSummary) -> 
         )
     console.print(
         f"tables: {paths.eval_dir(judge) / 'scores.csv'}, {paths.eval_dir(judge) / 'prompt_scores.csv'}"
+    )
+
+
+def describe_usage(usage: dict[str, object]) -> str:
+    """'26 question(s), 52 request(s), 26 retries, 5,200 + 26 tokens, $0.0133' (unknown cost: 'cost unknown')."""
+    cost = usage.get("cost_usd")
+    return (
+        f"{usage.get('questions', 0)} question(s), {usage.get('requests', 0)} request(s), "
+        f"{usage.get('retries', 0)} retries, {usage.get('input_tokens', 0):,} + "
+        f"{usage.get('output_tokens', 0):,} tokens, "
+        + (f"${cost:.4f}" if isinstance(cost, (int, float)) else "cost unknown")
     )
 
 
@@ -445,9 +458,11 @@ def agree_cmd(
         console.print(
             f"[yellow]not compared[/]: {result.only_a} pair(s) only {a} answered, {result.only_b} only {b}"
         )
-    console.print(
-        f"[bold]{b} is a different judge from {a}[/]: label its scores as such; never mix them in one leaderboard"
-    )
+    if a != b:
+        console.print(
+            f"[bold]{b} is a different judge from {a}[/]: label its scores as such; "
+            "never mix them in one leaderboard"
+        )
     if out is not None:
         rows = [
             {"kind": "agreement", "category": name, "n": g.n, "agreement": g.agree, "kappa": g.kappa}

@@ -60,6 +60,7 @@ def test_agree_command(tmp_path: Path, capsys):
         ["agree", str(demo), "--judges", "dummy,dummy", "--out", str(tmp_path / "self.csv")], capsys
     )
     assert code == 0, err
+    assert "different judge" not in out  # one folder against itself
     with open(tmp_path / "self.csv") as f:
         rows = {(r["kind"], r["category"]): r for r in csv.DictReader(f)}
     assert rows[("agreement", "all")]["n"] == "588" and float(rows[("agreement", "all")]["agreement"]) == 1.0

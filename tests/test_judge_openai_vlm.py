@@ -299,6 +299,11 @@ def test_score_through_the_cli_records_retries_and_cost(server, tmp_path, capsys
     assert (usage["calls"], usage["questions"], usage["requests"], usage["retries"]) == (1, n, n + 26, 26)
     assert (usage["input_tokens"], usage["output_tokens"]) == (tokens_in, n)
     assert usage["cost_usd"] == pytest.approx((tokens_in * 2.50 + n * 10.00) / 1e6)
+    cost = (tokens_in * 2.50 + n * 10.00) / 1e6
+    assert (
+        f"judge usage (this call): {n} question(s), {n + 26} request(s), 26 retries, "
+        f"{tokens_in:,} + {n:,} tokens, ${cost:.4f}" in out
+    )
     # resumed: nothing asked, the judge not even built, the totals unchanged
     code, out, err = cli(args, capsys)
     assert code == 0 and f"0 question(s) asked, {n} from cache" in out
