@@ -111,7 +111,7 @@ def import_folder(
                 else:
                     loaded, source = tiles.get(index), grids.get(item)
                 if loaded is None:
-                    reason = "unreadable source file" if source else f"no image in {src}"
+                    reason = _source_problem(source, src, report) if source else f"no image in {src}"
                     report.missing.append((item, index))
                     previous = done.get((item, index), {})
                     if (previous.get("status"), previous.get("error")) != ("failed", reason):
@@ -121,6 +121,14 @@ def import_folder(
                 _write_image(paths, log, done, report, item, index, data, image, source, src, extra)
     report.problems.sort(key=lambda p: p.file)
     return report
+
+
+def _source_problem(source: Path, src: Path, report: ImportReport) -> str:
+    """Why an image's source file was unusable, as the import reported it (the last report of that file:
+    it was made just before), so `score` and `report` show the importer's reason, not a generic one."""
+    rel = source.relative_to(src).as_posix()
+    why = next((p.problem for p in reversed(report.problems) if p.file == rel), "unreadable")
+    return f"unusable source file {rel}: {why}"
 
 
 def _safe(item_id: str) -> str:

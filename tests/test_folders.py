@@ -74,7 +74,9 @@ def test_import_reports_every_bad_file_and_keeps_the_good_ones(source, tmp_path)
         ("b_2", 0): "ok", ("b_2", 1): "ok", ("b_2", 2): "failed", ("b_2", 3): "failed",
         ("c", 0): "failed", ("c", 1): "failed", ("c", 2): "failed", ("c", 3): "failed",
     }  # fmt: skip
-    assert records[("b_2", 3)]["error"] == "unreadable source file"
+    assert records[("b_2", 3)]["error"] == (
+        "unusable source file b_2_3.png: corrupt image: image file is truncated"
+    )
     assert records[("c", 0)]["error"] == f"no image in {source}"
     # An RGB PNG is copied byte for byte; a JPEG becomes a PNG of its decoded pixels.
     assert (run / records[("a1", 1)]["file"]).read_bytes() == (source / "a1_1.png").read_bytes()
@@ -118,6 +120,10 @@ def test_grid_export_and_import_round_trip(source, tmp_path):
         FileProblem("c.png", "corrupt image: not an image format Pillow can read"),
         FileProblem("extra.png", "extra file: no prompt has item_id 'extra' (grids are named <item_id>.png)"),
     ]
+    errors = {(r["item_id"], r["index"]): r.get("error") for r in read_jsonl(RunPaths(back).images_log())}
+    assert errors[("b_2", 0)] == (
+        "unusable source file b_2.png: grid is 30x30, expected 32x32 for tile 16; tiles of 15 px would fit"
+    )
     for index in range(4):
         assert pixels(back / f"images/a1_{index}.png") == pixels(run / f"images/a1_{index}.png")
     tiles = {
