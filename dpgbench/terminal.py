@@ -21,6 +21,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Column
 from rich.text import Text
 
 console = Console(soft_wrap=True)  # long paths stay on one line (logs, grep)
@@ -71,11 +72,12 @@ class Advance(Protocol):
 def progress_bar(description: str, total: int, unit: str) -> Iterator[Advance]:
     """Yields advance(n, skipped=False); skipped items (done before, e.g. on resume) fill the bar but
     are left out of the rate and the ETA."""
+    # The bar takes what the numbers leave (at 80 columns a fixed 40-wide bar wrapped the rate's unit).
     columns = [
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
+        BarColumn(bar_width=None),
+        MofNCompleteColumn(table_column=Column(no_wrap=True)),
+        RateColumn(table_column=Column(no_wrap=True)),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         RemainingColumn(),

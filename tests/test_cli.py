@@ -889,3 +889,24 @@ def test_rate_and_eta_average_over_the_run_and_leave_out_resumed_work():
     assert average_speed(task) == pytest.approx(12 / 30.012)
     assert RateColumn().render(task).plain == "0.40 images/s"
     assert RemainingColumn().render(task).plain == "0:02:00"  # 48 left at 0.40 images/s
+
+
+def test_progress_line_fits_an_80_column_terminal(monkeypatch):
+    """The bar shrinks so the count and the rate with its unit stay whole on one line."""
+    import io
+
+    from rich.console import Console
+    from rich.text import Text
+
+    from dpgbench import terminal
+
+    screen = io.StringIO()
+    monkeypatch.setattr(terminal, "err_console", Console(file=screen, width=80, force_terminal=True))
+    with terminal.progress_bar("judge mplug-large", 42600, "questions") as advance:
+        advance(20000)
+    lines = [
+        Text.from_ansi(line).plain.rstrip() for line in screen.getvalue().replace("\r", "\n").split("\n")
+    ]
+    plain = [line for line in lines if line.strip()][-1]
+    assert "20000/42600" in plain and "questions/s" in plain and "ETA" in plain
+    assert len(plain) <= 80
