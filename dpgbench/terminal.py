@@ -71,7 +71,11 @@ class Advance(Protocol):
 @contextmanager
 def progress_bar(description: str, total: int, unit: str) -> Iterator[Advance]:
     """Yields advance(n, skipped=False); skipped items (done before, e.g. on resume) fill the bar but
-    are left out of the rate and the ETA."""
+    are left out of the rate and the ETA. Nothing to do (total 0, e.g. a rerun where every answer is
+    cached): no bar at all, rather than an empty 0/0 one."""
+    if total == 0:
+        yield lambda n, skipped=False: None
+        return
     # The bar takes what the numbers leave (at 80 columns a fixed 40-wide bar wrapped the rate's unit).
     columns = [
         TextColumn("[bold]{task.description}"),

@@ -910,3 +910,17 @@ def test_progress_line_fits_an_80_column_terminal(monkeypatch):
     plain = [line for line in lines if line.strip()][-1]
     assert "20000/42600" in plain and "questions/s" in plain and "ETA" in plain
     assert len(plain) <= 80
+
+
+def test_no_bar_when_there_is_nothing_to_do(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from dpgbench import terminal
+
+    screen = io.StringIO()
+    monkeypatch.setattr(terminal, "err_console", Console(file=screen, width=80, force_terminal=True))
+    with terminal.progress_bar("judge dummy", 0, "questions") as advance:
+        advance(0)
+    assert screen.getvalue() == ""
