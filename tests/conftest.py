@@ -11,7 +11,7 @@ import pytest
 
 # --------------------------------------------------------------------------------------------------
 # Tiny real models (owner: generation backends, issue 3). Built once per session, a few MB each, from
-# the builders in tests/tiny.py; pass the folder wherever a hub id or local checkpoint is accepted.
+# the builders in dpgbench/tiny_models.py; pass the folder wherever a hub id or local checkpoint is accepted.
 
 
 @pytest.fixture(scope="session")
