@@ -9,9 +9,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from cli_runner import invoke
 
 from dpgbench.agreement import cohen_kappa
-from dpgbench.cli import main
 
 
 def test_kappa_by_hand():
@@ -41,12 +41,7 @@ def strict_overall(folder: Path) -> float:
         return next(float(r["score"]) for r in rows if (r["protocol"], r["level"]) == ("strict", "overall"))
 
 
-def run(args, capsys):
-    try:
-        main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0), *capsys.readouterr()
-    return 0, *capsys.readouterr()
+run = invoke
 
 
 def test_agree_command(tmp_path: Path, capsys):

@@ -272,20 +272,13 @@ def test_resume_after_a_kill_and_sharding_reach_the_same_bytes(backends, tmp_pat
 # ---------------------------------------------------------------------------------------------------------
 # Through the real CLI: a kill mid-run, out of memory, replay from a manifest, model changes, the hub.
 
+from cli_runner import invoke  # noqa: E402
+
 from dpgbench.backends.stable_diffusion import SD15Backend  # noqa: E402
-from dpgbench.cli import main  # noqa: E402
 from dpgbench.registry import Entry  # noqa: E402
 from dpgbench.runs import RunPaths, read_json, read_jsonl  # noqa: E402
 
-
-def cli(args, capsys):
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+cli = invoke
 
 
 def tiny_args(folder, out, *extra):

@@ -11,25 +11,17 @@ import threading
 from pathlib import Path
 
 import pytest
+from cli_runner import invoke
 
 from dpgbench import catalog
 from dpgbench.backends.dummy import DummyBackend, DummyConfig
-from dpgbench.cli import main
 from dpgbench.data import load_csv
 from dpgbench.errors import DpgBenchError
 from dpgbench.judges.dummy import DummyJudge, DummyJudgeConfig
 from dpgbench.runs import read_jsonl
 from dpgbench.scoring import answer_stats, score
 
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+run = invoke
 
 
 def read_scores(path: Path) -> dict[tuple[str, str, str], float]:

@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
+from cli_runner import invoke  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from dpgbench import tiny_models as tiny  # noqa: E402
@@ -200,14 +201,8 @@ def test_a_t5_of_the_wrong_width_is_refused_before_any_image(tiny_sd15_dir, tsc_
 
 
 def run_cli(args, capsys):
-    from dpgbench.cli import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
+    code, _, err = invoke(args, capsys)
+    return code, err
 
 
 def test_generate_command_refuses_bad_checkpoints_and_bases_in_one_line(

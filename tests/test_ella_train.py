@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 
+from cli_runner import invoke  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from ella import ELLA  # noqa: E402
@@ -389,14 +390,10 @@ def test_command_line(tiny_sd15_dir, tiny_t5_dir, pairs_dir, tmp_path, capsys):
 
 def test_dpgbench_ella_train_command(tiny_sd15_dir, tiny_t5_dir, pairs_dir, tmp_path, capsys):
     """`dpgbench ella train` takes the same flags, trains one step and saves the TSC; bad flags are one line."""
-    from dpgbench.cli import main as dpgbench_main
 
     def run(args):
-        try:
-            dpgbench_main(["ella", "train", *args])
-        except SystemExit as exc:
-            return int(exc.code or 0), capsys.readouterr().err
-        return 0, capsys.readouterr().err
+        code, _, err = invoke(["ella", "train", *args], capsys)
+        return code, err
 
     base = ["--base", str(tiny_sd15_dir), "--data", str(pairs_dir), "--output-dir", str(tmp_path / "cmd")]
     tiny = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_TSC.items()]

@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from cli_runner import invoke  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dpgbench import registry  # noqa: E402
@@ -326,16 +327,9 @@ def test_registry_info_and_errors(folders, tmp_path):
 def test_score_cli_with_soft_scores(folders, tmp_path, capsys):
     """`dpgbench score --judge hf-vqa --soft-scores` on a run: P(yes) logged per answer equals the judge's,
     and summary.json's soft score is their mean (a VQAScore-style score) next to the yes/no protocols."""
-    from dpgbench.cli import main
 
     def cli(*args) -> tuple[int, str, str]:
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
+        return invoke(args, capsys)
 
     run = tmp_path / "run"
     assert cli("generate", "--backend", "dummy", "--prompts", "demo", "--limit", "2", "--out", run)[0] == 0

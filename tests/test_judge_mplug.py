@@ -22,6 +22,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("modelscope")
 pytest.importorskip("timm")
 
+from cli_runner import invoke  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dpgbench import registry  # noqa: E402
@@ -332,16 +333,7 @@ def test_auto_device_follows_the_launchers_local_rank(monkeypatch):
         assert pick_device("auto") == f"cuda:{1 % torch.cuda.device_count()}"
 
 
-def cli(args: list, capsys) -> tuple[int, str, str]:
-    from dpgbench.cli import main
-
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+cli = invoke
 
 
 def test_score_cli_on_official_grids_batched_and_with_bad_files(tiny_mplug_dirs, tmp_path, capsys):

@@ -21,6 +21,7 @@ import pytest
 
 pytest.importorskip("openai")
 
+from cli_runner import invoke  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dpgbench import registry  # noqa: E402
@@ -262,16 +263,7 @@ def test_registry_builds_it(server):
     json.dumps(judge.info())
 
 
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from dpgbench.cli import main
-
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+cli = invoke
 
 
 def test_score_through_the_cli_records_retries_and_cost(server, tmp_path, capsys):
