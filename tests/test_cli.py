@@ -174,14 +174,17 @@ def test_score_recorded_answers(tmp_path: Path, capsys):
     assert prompt_scores[("strict", "demo_kitchen")] == 0.0
 
 
+# Answers in the DSG release layout: two models answered one TIFA-160 prompt.
+DSG_RELEASE_HEADER = "dsg_prompt_split,qg_model,t2i_model,item_id,question,question_id,dependency_id,answer"
+DSG_RELEASE_ROWS = [
+    "tifa160,dsg,sd1dot5,coco_62896,Is there a light?,1,0,yes",
+    "tifa160,dsg,sd1dot5,coco_62896,Is there a signpost?,2,0,no",
+    "tifa160,dsg,sd2dot1,coco_62896,Is there a light?,1,0,no",
+]
+
+
 def test_score_dsg_release_layout(shared_dir: Path, tmp_path: Path, capsys):
-    header = "dsg_prompt_split,qg_model,t2i_model,item_id,question,question_id,dependency_id,answer"
-    rows = [
-        "tifa160,dsg,sd1dot5,coco_62896,Is there a light?,1,0,yes",
-        "tifa160,dsg,sd1dot5,coco_62896,Is there a signpost?,2,0,no",
-        "tifa160,dsg,sd2dot1,coco_62896,Is there a light?,1,0,no",
-    ]
-    path = answers_csv(tmp_path, rows, header)
+    path = answers_csv(tmp_path, DSG_RELEASE_ROWS, DSG_RELEASE_HEADER)
     tifa = str(shared_dir / "dsg" / "tifa160-dev-anns.csv")
     code, _, err = run(
         ["score", "--questions", tifa, "--answers", str(path), "--out", str(tmp_path / "o")], capsys
@@ -543,13 +546,7 @@ def test_recorded_answers_count_everything_ignored(tmp_path: Path, capsys):
 
 
 def test_where_counts_the_rows_it_leaves_out(shared_dir: Path, tmp_path: Path, capsys):
-    header = "dsg_prompt_split,qg_model,t2i_model,item_id,question,question_id,dependency_id,answer"
-    rows = [
-        "tifa160,dsg,sd1dot5,coco_62896,Is there a light?,1,0,yes",
-        "tifa160,dsg,sd1dot5,coco_62896,Is there a signpost?,2,0,no",
-        "tifa160,dsg,sd2dot1,coco_62896,Is there a light?,1,0,no",
-    ]
-    path = answers_csv(tmp_path, rows, header)
+    path = answers_csv(tmp_path, DSG_RELEASE_ROWS, DSG_RELEASE_HEADER)
     tifa = str(shared_dir / "dsg" / "tifa160-dev-anns.csv")
     args = ["score", "--questions", tifa, "--answers", str(path), "--out", str(tmp_path / "o")]
     code, out, err = run([*args, "--where", "t2i_model=sd2dot1"], capsys)
