@@ -101,9 +101,8 @@ def read_answer_table(
         if not candidates:
             table.ignored.append(Note(str(path), start, f"{item_id} has no question {pid} in {graphs.path}"))
             continue
-        if (
-            len(candidates) > 1 and "question" in cells
-        ):  # a repeated id: the text (DSG's release has it) decides
+        # A repeated id: the question text (DSG's release has it) decides.
+        if len(candidates) > 1 and "question" in cells:
             candidates = [q for q in candidates if q.question == cells["question"].strip()] or candidates
         # A repeated id without a text column: its rows answer its questions in graph order.
         free = [q for q in candidates if (item_id, index, pid, q.question) not in first_line]

@@ -249,9 +249,8 @@ class ImageRef:
     index: int
     file: str | None  # relative to the run folder
     problem: str | None = None  # why this image has no answers
-    sha256: str | None = (
-        None  # of the file's bytes, as its answers are keyed (logged, or read when it changed)
-    )
+    # sha256 of the file's bytes, as its answers are keyed (logged, or read when it changed)
+    sha256: str | None = None
 
 
 @dataclass
