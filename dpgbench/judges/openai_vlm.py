@@ -158,8 +158,8 @@ class OpenAIVlmJudge:
             futures = [pool.submit(self._stopping, stop, urls[i], q, with_scores) for i, q in jobs]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             errors = [e for f in futures if f in done and (e := f.exception()) is not None]
-            for error in sorted(errors, key=lambda e: isinstance(e, Stopped)):  # the cause, not a Stopped
-                raise error
+            if errors:  # the cause, not a Stopped it led to
+                raise min(errors, key=lambda e: isinstance(e, Stopped))
             flat = [f.result() for f in futures]
         except BaseException:
             stop.set()
