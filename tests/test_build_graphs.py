@@ -348,7 +348,7 @@ def test_graphs_csv_reads_with_upstreams_logic(tmp_path: Path) -> None:
     assert theirs == expected and list(theirs) == list(SIMPLE)
     assert summary.notes == [
         "upstream's compute_dpg_bench.py skips the CSV's first row, so it cannot score 'good' (its other "
-        "questions depend on question 1); `dpgbench score --protocol official` does the same"
+        "questions depend on question 1); the `official` protocol of `dpgbench score` does the same"
     ]
     assert json.loads((out / "manifest.json").read_text())["upstream_notes"] == summary.notes
 

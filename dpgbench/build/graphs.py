@@ -195,7 +195,7 @@ def upstream_notes(graphs: list[Prompt]) -> list[str]:
     if any(first.questions[0].proposition_id in q.parents for q in first.questions[1:]):
         notes.append(
             f"upstream's compute_dpg_bench.py skips the CSV's first row, so it cannot score '{first.item_id}' "
-            "(its other questions depend on question 1); `dpgbench score --protocol official` does the same"
+            "(its other questions depend on question 1); the `official` protocol of `dpgbench score` does the same"
         )
     if not any(len(q.parents) > 1 for p in graphs for q in p.questions):
         notes.append(
